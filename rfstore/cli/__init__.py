@@ -1,1 +1,20 @@
-"""cli"""
+"""The thin Typer command line.
+
+``app`` holds the Typer app and error handling; ``stage_commands`` (init,
+activations, topk, validate, status, rf-theory), ``method_commands`` (occlude,
+rf, segment) and ``pipeline_commands`` (run, demo) register one command each.
+"""
+from __future__ import annotations
+
+from rfstore.cli import stage_commands as _stage_commands  # noqa: F401 - registers commands
+from rfstore.cli import method_commands as _method_commands  # noqa: F401 - registers commands
+from rfstore.cli import pipeline_commands as _pipeline_commands  # noqa: F401 - registers commands
+from rfstore.cli.app import app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

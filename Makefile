@@ -1,0 +1,37 @@
+# rfstore: the two commands of the README's quickstart, plus the benchmark.
+#   make demo   create .venv, install rfstore, run the embedded demo end to end
+#   make test   create .venv, install rfstore with its dev extra, run the test suite
+#   make bench  the occlusion and activations benchmarks (slow; never part of make test)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test test-slow bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e '.[dev,dist]'
+	touch $(VENV)/.installed $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/rfstore demo demo-out/demo.zarr
+
+test: $(VENV)/.installed-dev
+	@$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-slow: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m slow
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/occlusion.py
+
+clean:
+	rm -rf demo-out bench-out .pytest_cache

@@ -1,0 +1,81 @@
+"""Option types shared by the commands, and the small parsers that turn them into configs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+StorePath = Annotated[Path, typer.Argument(help="Store: a .zarr directory (Zarr v3) or a .h5/.hdf5 file.")]
+Model = Annotated[str, typer.Option(
+    "--model", help="torchvision:NAME | module.path:factory | file.py:factory | torchscript:PATH | pickle:PATH.")]
+Data = Annotated[Path, typer.Option("--data", help="Image folder (searched recursively; subfolders are classes).")]
+Weights = Annotated[str | None, typer.Option(
+    help="torchvision: DEFAULT | enum name | none | PATH (state_dict); factories: PATH to a state_dict.")]
+Seed = Annotated[int, typer.Option(help="torch.manual_seed before building a randomly initialised model.")]
+TrustPickle = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow pickle:PATH models (unpickling runs arbitrary code: only for files you trust).")]
+Name = Annotated[str | None, typer.Option(help="Key of the network in the store (default: the model's name).")]
+Preprocess = Annotated[str | None, typer.Option(
+    help="imagenet (resize 256, crop 224, ImageNet mean/std) | tensor (native size, no normalisation).")]
+Resize = Annotated[int | None, typer.Option(help="Resize the shorter side to this many pixels.")]
+Crop = Annotated[int | None, typer.Option(help="Centre crop to this square size.")]
+Mean = Annotated[str | None, typer.Option(help="Normalisation mean, R,G,B.")]
+Std = Annotated[str | None, typer.Option(help="Normalisation std, R,G,B.")]
+Layers = Annotated[str | None, typer.Option(help="Comma list of module names (default: every ReLU).")]
+Force = Annotated[bool, typer.Option("--force", help="Recompute, invalidating what depends on the result.")]
+Network = Annotated[str | None, typer.Option(help="Network in the store (needed when it holds several).")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")]
+Workers = Annotated[int | None, typer.Option(min=0, help="DataLoader worker processes (default: cores - 1, at most 4).")]
+Maps = Annotated[str | None, typer.Option(help="Comma list of layers whose full activation maps are kept (float16).")]
+K = Annotated[int, typer.Option("--k", min=1, help="Images kept per unit.")]
+Measure = Annotated[str, typer.Option(help="Rank images by the unit's spatial max or mean.")]
+ClassMap = Annotated[str | None, typer.Option(help="Folder name to output index, e.g. geo=0,lmk=1.")]
+
+
+def split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def parse_floats(text: str | None, option: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in split_list(text))
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes three numbers, R,G,B") from None
+    if len(values) != 3:
+        raise typer.BadParameter(f"{option} takes three numbers, R,G,B")
+    return values  # type: ignore[return-value]
+
+
+def parse_class_map(text: str | None) -> dict[str, int]:
+    mapping: dict[str, int] = {}
+    for item in split_list(text):
+        name, sep, index = item.partition("=")
+        if not sep or not index.strip().lstrip("-").isdigit():
+            raise typer.BadParameter(f"--class-map entries are NAME=INDEX, not {item!r}")
+        mapping[name.strip()] = int(index)
+    return mapping
+
+
+def parse_units(text: str | None) -> slice | None:
+    """``START:STOP[:STEP]`` (or a single unit ``N``) as a slice."""
+    if text is None:
+        return None
+    parts = text.split(":")
+    try:
+        if len(parts) == 1:
+            unit = int(parts[0])
+            return slice(unit, unit + 1)
+        if len(parts) in (2, 3):
+            start = int(parts[0]) if parts[0] else 0
+            stop = int(parts[1]) if parts[1] else None
+            step = int(parts[2]) if len(parts) == 3 and parts[2] else 1
+            if step < 1 or start < 0 or (stop is not None and stop < start):
+                raise ValueError
+            return slice(start, stop, step)
+    except ValueError:
+        pass
+    raise typer.BadParameter(f"--units takes START:STOP[:STEP] with 0 <= START <= STOP and STEP >= 1, not {text!r}")

@@ -1,0 +1,174 @@
+"""How an RGB image becomes the network's input tensor, as a serialisable value.
+
+:class:`Preprocessing` reproduces exactly (bit for bit) the torchvision pipeline
+``Compose([Resize(resize), CenterCrop(crop), ToTensor(), Normalize(mean, std)])``,
+with each step optional, and can undo the normalisation to show inputs as pixels.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+"""Per-channel RGB mean of ImageNet, in [0, 1] units."""
+
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+"""Per-channel RGB standard deviation of ImageNet, in [0, 1] units."""
+
+_FIELDS = ("resize", "crop", "mean", "std")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize, center-crop, scale to [0, 1] and normalise an RGB image.
+
+    Parameters
+    ----------
+    resize : int or None
+        Resize so that the shorter side has this many pixels, keeping the aspect ratio
+        (``torchvision.transforms.Resize(int)``, bilinear, antialiased). None: keep.
+    crop : int or None
+        Center-crop a ``crop`` x ``crop`` square (``CenterCrop``; images smaller than
+        that are zero-padded, as torchvision does). None: no crop.
+    mean, std : tuple of 3 floats, or None
+        Per-channel normalisation ``(x - mean) / std`` of the [0, 1] tensor. Both or
+        neither; None: no normalisation.
+    """
+
+    resize: int | None
+    crop: int | None
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std must both be given or both be None")
+        if self.mean is not None and self.std is not None:
+            mean = tuple(float(value) for value in self.mean)
+            std = tuple(float(value) for value in self.std)
+            if len(mean) != 3 or len(std) != 3:
+                raise ValueError(f"mean and std need 3 values (RGB), got {mean} and {std}")
+            if any(not value > 0 for value in std):
+                raise ValueError(f"std must be positive, got {std}")
+            object.__setattr__(self, "mean", mean)
+            object.__setattr__(self, "std", std)
+
+    @classmethod
+    def imagenet(cls) -> Preprocessing:
+        """Standard ImageNet evaluation: resize 256, center-crop 224, ImageNet mean/std."""
+        return cls(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+    @classmethod
+    def tensor(cls) -> Preprocessing:
+        """Only ``ToTensor``: native size, values in [0, 1], no normalisation."""
+        return cls(resize=None, crop=None, mean=None, std=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: ``{"resize", "crop", "mean", "std"}``, tuples as lists."""
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """Inverse of :meth:`to_dict`. Missing keys mean None; unknown keys are an error."""
+        unknown = set(data) - set(_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown Preprocessing keys {sorted(unknown)}; expected {list(_FIELDS)}")
+        mean = data.get("mean")
+        std = data.get("std")
+        return cls(
+            resize=data.get("resize"),
+            crop=data.get("crop"),
+            mean=None if mean is None else tuple(mean),
+            std=None if std is None else tuple(std),
+        )
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """Turn an RGB image into the network input.
+
+        Parameters
+        ----------
+        image : PIL.Image.Image
+            Mode ``"RGB"``, e.g. from :func:`~rfstore.datasets.load_rgb`.
+
+        Returns
+        -------
+        torch.Tensor
+            Float32, shape (3, H, W); (3, crop, crop) when ``crop`` is set.
+        """
+        if image.mode != "RGB":
+            raise ValueError(f"expected an RGB image, got mode {image.mode!r}")
+        if self.resize is not None:
+            image = TF.resize(image, self.resize, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        if self.crop is not None:
+            image = TF.center_crop(image, [self.crop, self.crop])
+        pixels = TF.to_tensor(image)
+        return self.from_pixels(pixels)
+
+    def output_size(self) -> tuple[int, int] | None:
+        """(H, W) of every output, ``(crop, crop)``, or None when it depends on the image."""
+        return None if self.crop is None else (self.crop, self.crop)
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation: network inputs back to RGB in [0, 1].
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Shape (..., 3, H, W), floating point.
+
+        Returns
+        -------
+        torch.Tensor
+            ``x * std + mean``, shape (..., 3, H, W); not clamped. ``x`` itself when
+            there is no normalisation.
+        """
+        if self.mean is None or self.std is None:
+            return x
+        mean, std = self._channel_statistics(x)
+        return x * std + mean
+
+    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply only the normalisation to RGB values in [0, 1].
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Shape (..., 3, H, W), floating point.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(x - mean) / std``, shape (..., 3, H, W), identical to torchvision's
+            ``Normalize``. ``x`` itself when there is no normalisation.
+        """
+        if self.mean is None or self.std is None:
+            return x
+        mean, std = self._channel_statistics(x)
+        return (x - mean) / std
+
+    def _channel_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std shaped (3, 1, 1), in ``x``'s dtype and device."""
+        if x.ndim < 3 or x.shape[-3] != 3:
+            raise ValueError(f"expected shape (..., 3, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating point tensor, got {x.dtype}")
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return mean, std

@@ -1,0 +1,1 @@
+"""The embedded default: a generated scene dataset and a small AlexNet-like network."""

@@ -1,0 +1,189 @@
+"""Stage ``activations``: one pass over the dataset, every unit's spatial max/mean/argmax.
+
+Reads: ``/{network}`` attrs (model, preprocessing, dataset root, layers), ``image_path``.
+Writes, per layer: ``act_max``, ``act_mean``, ``act_y``, ``act_x`` (image, unit);
+``act_map`` (image, unit, map_y, map_x) in float16 for the layers given with ``--maps``;
+``/{network}/image_error`` (image): why an image could not be read ("" if it was).
+
+The images are streamed in blocks of :data:`~rfstore.store.layout.IMAGE_BLOCK`
+(one chunk along ``image``); a block's arrays are written, flushed and only then
+flagged done, so a killed run redoes at most the block in flight and memory
+stays flat whatever the dataset's size.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rfstore.core.spatial import spatial_summary
+from rfstore.datasets import ImageFolderDataset
+from rfstore.errors import RfstoreError
+from rfstore.models import FeatureExtractor
+from rfstore.stages.context import NetworkContext
+from rfstore.stages.devices import resolve_device
+from rfstore.stages.progress import Plan, StageProgress, fingerprint
+from rfstore.store.layout import IMAGE_BLOCK, activation_map_spec, activation_specs, layer_group, n_blocks
+
+STAGE_VERSION = 1
+QUANTITIES = ("act_max", "act_mean", "act_y", "act_x")
+
+
+@dataclass(frozen=True)
+class ActivationsConfig:
+    """Parameters of ``rfstore activations`` (only ``maps`` changes the results)."""
+
+    batch_size: int = 64
+    device: str = "auto"
+    num_workers: int | None = None
+    maps: tuple[str, ...] = ()
+
+    def params(self) -> dict[str, object]:
+        return {"maps": sorted(self.maps)}
+
+
+@dataclass
+class ActivationsResult:
+    plan: Plan
+    images_done: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _BlockBuffer:
+    """The outputs of one block of images for every layer, filled batch by batch."""
+
+    def __init__(self, start: int, stop: int, units: dict[str, int], maps: dict[str, tuple[int, int]]) -> None:
+        self.start, self.stop = start, stop
+        n = stop - start
+        self.filled = 0
+        self.arrays: dict[tuple[str, str], np.ndarray] = {}
+        for layer, n_units in units.items():
+            for q in QUANTITIES:
+                is_index = q in ("act_y", "act_x")
+                self.arrays[layer, q] = np.full((n, n_units), -1 if is_index else np.nan,
+                                                dtype=np.int32 if is_index else np.float32)
+            if layer in maps:
+                self.arrays[layer, "act_map"] = np.full((n, n_units, *maps[layer]), np.nan, dtype=np.float16)
+        self.errors = np.full(n, "", dtype=object)
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.stop - self.start
+
+
+def _blocks(todo: np.ndarray, n_images: int) -> list[tuple[int, int, int]]:
+    return [(int(b), int(b) * IMAGE_BLOCK, min(n_images, (int(b) + 1) * IMAGE_BLOCK)) for b in todo]
+
+
+def default_workers() -> int:
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool = False,
+                    progress: Callable[[Iterator, int], Iterator] | None = None) -> ActivationsResult:
+    """Compute and store the activation summaries of every recorded layer (see module docstring)."""
+    store, network = ctx.store, ctx.network
+    maps = ctx.check_layers(list(config.maps)) if config.maps else []
+    tracker = StageProgress(store, network, "activations")
+    fp = fingerprint("activations", STAGE_VERSION, config.params(), [ctx.attrs["init_fingerprint"]])
+    total_blocks = n_blocks(ctx.n_images, IMAGE_BLOCK)
+    plan = tracker.begin(config.params(), fp, total_blocks, force)
+    result = ActivationsResult(plan)
+    if plan is Plan.SKIP:
+        result.unreadable = unreadable_images(ctx)
+        return result
+
+    units = {layer: ctx.n_units(layer) for layer in ctx.layers}
+    map_shapes = {layer: tuple(ctx.layer_attrs(layer)["output_shape"][1:3]) for layer in maps}
+    for layer in maps:
+        if ctx.layer_attrs(layer)["kind"] != "conv":
+            raise RfstoreError(f"--maps {layer}: a linear layer has no activation map")
+    if plan is Plan.FRESH:
+        for layer, n_units in units.items():
+            for name, spec in activation_specs(ctx.n_images, n_units).items():
+                store.create_array(f"{layer_group(network, layer)}/{name}", spec)
+            if layer in maps:
+                store.create_array(f"{layer_group(network, layer)}/act_map",
+                                   activation_map_spec(ctx.n_images, n_units, map_shapes[layer]))
+        store.create_array(f"{network}/image_error", store.array_spec(f"{network}/image_error"))
+
+    todo = np.flatnonzero(~tracker.done_mask())
+    blocks = _blocks(todo, ctx.n_images)
+    indices = [i for _, start, stop in blocks for i in range(start, stop)]
+    if indices:
+        _stream(ctx, config, tracker, blocks, indices, units, map_shapes, progress)
+        result.images_done = len(indices)
+    tracker.complete()
+    result.unreadable = unreadable_images(ctx)
+    return result
+
+
+def _stream(ctx: NetworkContext, config: ActivationsConfig, tracker: StageProgress,
+            blocks: list[tuple[int, int, int]], indices: list[int], units: dict[str, int],
+            map_shapes: dict[str, tuple[int, int]], progress: Callable | None) -> None:
+    device = resolve_device(config.device)
+    model = ctx.load_model().module.to(device)
+    extractor = FeatureExtractor(model, ctx.layers)
+    dataset = ImageFolderDataset(ctx.dataset_root, list(ctx.image_paths()), ctx.preprocessing, indices)
+    workers = default_workers() if config.num_workers is None else config.num_workers
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=dataset.collate, pin_memory=device.type == "cuda",
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    pending = iter(blocks)
+    block_id, start, stop = next(pending)
+    buffer = _BlockBuffer(start, stop, units, map_shapes)
+    batches = loader if progress is None else progress(loader, len(indices))
+    with torch.inference_mode():
+        for image_ids, images, errors in batches:
+            image_ids = image_ids.numpy()
+            good = np.ones(len(image_ids), dtype=bool)
+            for image, reason in errors:
+                good[np.flatnonzero(image_ids == image)] = False
+            outputs: dict[str, dict[str, np.ndarray]] = {}
+            if images.shape[0]:
+                features = extractor(images.to(device, non_blocking=True))
+                for layer in ctx.layers:
+                    act = features[layer]
+                    summary = dict(zip(QUANTITIES, (t.cpu().numpy() for t in spatial_summary(act))))
+                    if layer in map_shapes:
+                        summary["act_map"] = act.to(torch.float16).cpu().numpy()
+                    outputs[layer] = summary
+            good_ids = image_ids[good]
+            error_of = dict(errors)
+            # rows of this batch may straddle block boundaries: place each in its block
+            row_of_good = {int(img): r for r, img in enumerate(good_ids)}
+            for image in image_ids:
+                image = int(image)
+                while image >= buffer.stop:
+                    block_id, start, stop = next(pending)
+                    buffer = _BlockBuffer(start, stop, units, map_shapes)
+                local = image - buffer.start
+                if image in row_of_good:
+                    row = row_of_good[image]
+                    for (layer, q), array in buffer.arrays.items():
+                        array[local] = outputs[layer][q][row]
+                else:
+                    buffer.errors[local] = error_of[image]
+                buffer.filled += 1
+                if buffer.complete:
+                    _write_block(ctx, tracker, block_id, buffer)
+
+
+def _write_block(ctx: NetworkContext, tracker: StageProgress, block_id: int, buffer: _BlockBuffer) -> None:
+    rows = slice(buffer.start, buffer.stop)
+    for (layer, q), array in buffer.arrays.items():
+        ctx.store.write(f"{layer_group(ctx.network, layer)}/{q}", rows, array)
+    ctx.store.write(f"{ctx.network}/image_error", rows, buffer.errors)
+    tracker.mark_done(block_id)
+
+
+def unreadable_images(ctx: NetworkContext) -> list[tuple[str, str]]:
+    """(path, reason) of the images the activations stage could not read."""
+    errors = ctx.store.read(f"{ctx.network}/image_error")
+    bad = np.flatnonzero(errors != "")
+    paths = ctx.image_paths()
+    return [(str(paths[i]), str(errors[i])) for i in bad]

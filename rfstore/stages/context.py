@@ -1,0 +1,148 @@
+"""What every stage after ``init`` needs: the network recorded in the store, rebuilt.
+
+``init`` records the model spec, preprocessing, dataset and layers in the
+network group's attributes; :class:`NetworkContext` reads them back, rebuilds
+the model (checking that its weights are the ones recorded) and gives the
+stages typed access to them.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rfstore.datasets import Preprocessing
+from rfstore.errors import MissingInputError, RfstoreError
+from rfstore.models import LoadedModel, ModelSpec, load_model
+from rfstore.store import Store
+from rfstore.store.layout import INTERNAL, SCHEMA_VERSION, layer_group, network_group
+
+
+def find_network(store: Store, network: str | None) -> str:
+    """The network to work on: the one named, or the only one in the store."""
+    if not store.has("") or "schema_version" not in store.attrs(""):
+        raise MissingInputError(f"{store.path} is not an rfstore store yet: run 'rfstore init' first")
+    version = store.attrs("")["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise RfstoreError(f"{store.path} has schema version {version}; this rfstore reads version {SCHEMA_VERSION}")
+    groups, _ = store.children("")
+    networks = [g for g in groups if "model" in store.attrs(g)]
+    if network is not None:
+        if network not in networks:
+            raise MissingInputError(f"no network {network!r} in {store.path} (it has: {', '.join(networks) or 'none'})")
+        return network
+    if len(networks) != 1:
+        raise RfstoreError(f"{store.path} holds {len(networks)} networks ({', '.join(networks) or 'none'}): "
+                           f"choose one with --network")
+    return networks[0]
+
+
+@dataclass
+class NetworkContext:
+    """One network of an open store, as recorded by ``init``."""
+
+    store: Store
+    network: str
+
+    @classmethod
+    def open(cls, store: Store, network: str | None = None) -> NetworkContext:
+        return cls(store, find_network(store, network))
+
+    @cached_property
+    def attrs(self) -> dict[str, Any]:
+        return self.store.attrs(network_group(self.network))
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.attrs["model"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.attrs["preprocessing"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        height, width = self.attrs["input_size"]
+        return int(height), int(width)
+
+    @property
+    def dataset_root(self) -> Path:
+        return Path(self.attrs["dataset_root"])
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.attrs["layers"])
+
+    @cached_property
+    def n_images(self) -> int:
+        return self.store.array_spec(f"{self.network}/image_path").shape[0]
+
+    def image_paths(self) -> np.ndarray:
+        """``(N,)`` object array of image paths relative to the dataset root."""
+        return self.store.read(f"{self.network}/image_path")
+
+    def layer_attrs(self, layer: str) -> dict[str, Any]:
+        return self.store.attrs(layer_group(self.network, layer))
+
+    def n_units(self, layer: str) -> int:
+        return int(self.layer_attrs(layer)["num_units"])
+
+    def check_layers(self, selection: list[str] | None) -> list[str]:
+        """The recorded layers, or the selected subset of them (error names unknown ones)."""
+        if not selection:
+            return self.layers
+        unknown = [name for name in selection if name not in self.layers]
+        if unknown:
+            raise RfstoreError(f"layer(s) {', '.join(unknown)} not in the store; it records: {', '.join(self.layers)}")
+        return [name for name in self.layers if name in selection]
+
+    def load_model(self) -> LoadedModel:
+        """Rebuild the recorded model and check its parameters are bit-identical to init's."""
+        loaded = load_model(self.model_spec)
+        recorded = self.attrs.get("parameters_sha256")
+        actual = parameters_digest(loaded.module)
+        if recorded != actual:
+            raise RfstoreError(f"{self.model_spec.spec} no longer gives the network recorded at init "
+                               f"(parameters sha256 {actual[:12]}..., recorded {str(recorded)[:12]}...): "
+                               f"its weights file, seed or library version changed; "
+                               f"rerun 'rfstore init --force' to start over")
+        return loaded
+
+
+def parameters_digest(module: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer (names, shapes, bytes), in state_dict order."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def internal_group(network: str) -> str:
+    return f"{network}/{INTERNAL}"
+
+
+def load_images(ctx: NetworkContext, image_ids: list[int]) -> torch.Tensor:
+    """``(len(image_ids), 3, H, W)`` preprocessed images, read again from the dataset."""
+    from rfstore.datasets import load_rgb
+
+    paths = ctx.image_paths()
+    preprocessing = ctx.preprocessing
+    tensors = []
+    for image in image_ids:
+        relative = str(paths[image])
+        try:
+            tensors.append(preprocessing(load_rgb(ctx.dataset_root / relative)))
+        except Exception as err:
+            raise MissingInputError(f"cannot read image {relative} again ({err}); "
+                                    f"was the dataset changed since 'rfstore activations'?") from err
+    if not tensors:
+        height, width = ctx.input_size
+        return torch.zeros(0, 3, height, width)
+    return torch.stack(tensors)

@@ -1,0 +1,190 @@
+"""Stage ``init``: record the network, its preprocessing, the dataset and the layers.
+
+Reads: the model (``--model``/``--weights``/``--seed``), the image folder (``--data``).
+Writes:
+    ``/`` attrs ``schema_version``, ``created``, ``rfstore_version``;
+    ``/{network}`` attrs ``model``, ``weights_sha256``, ``parameters_sha256``,
+    ``preprocessing``, ``input_size``, ``dataset_root``, ``dataset_digest``,
+    ``classes``, ``skipped_files``, ``layers``, library versions;
+    ``/{network}/image_path``, ``image_label``, ``image_error`` (image);
+    ``/{network}/{layer}`` attrs ``kind``, ``num_units``, ``output_shape``,
+    ``rf_theory_size``, ``rf_theory_jump``, ``rf_theory_start`` (or ``rf_theory_error``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from rfstore import __version__
+from rfstore.core.rf_theory import ReceptiveFieldError, theoretical_receptive_fields
+from rfstore.datasets import BadImageError, ImageFolderIndex, Preprocessing, load_rgb, scan_image_folder
+from rfstore.errors import RfstoreError, StageMismatchError
+from rfstore.models import ModelSpec, load_model, probe_layers, select_layers
+from rfstore.stages.context import parameters_digest
+from rfstore.stages.progress import fingerprint
+from rfstore.store import Store
+from rfstore.store.layout import SCHEMA_VERSION, image_specs, layer_group, write_coordinate
+
+log = logging.getLogger(__name__)
+STAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Everything ``rfstore init`` records.
+
+    Parameters
+    ----------
+    model : ModelSpec
+        The network.
+    data : Path
+        Root of the image folder.
+    name : str, optional
+        Network key in the store (default: ``model.default_name()``).
+    preprocessing : Preprocessing, optional
+        Default: ImageNet preprocessing for torchvision models, tensor otherwise.
+    layers : str, optional
+        Layer selection (``None``: every ReLU).
+    """
+
+    model: ModelSpec
+    data: Path
+    name: str | None = None
+    preprocessing: Preprocessing | None = None
+    layers: str | None = None
+
+    def resolved_name(self) -> str:
+        return self.name or self.model.default_name()
+
+    def resolved_preprocessing(self) -> Preprocessing:
+        if self.preprocessing is not None:
+            return self.preprocessing
+        return Preprocessing.imagenet() if self.model.default_preprocessing() == "imagenet" else Preprocessing.tensor()
+
+
+@dataclass(frozen=True)
+class InitResult:
+    network: str
+    n_images: int
+    layers: list[str]
+    skipped: int
+    already_done: bool
+
+
+def input_size_for(preprocessing: Preprocessing, index: ImageFolderIndex) -> tuple[int, int]:
+    """The preprocessed input size: the crop, or the native size of the first readable image."""
+    size = preprocessing.output_size()
+    if size is not None:
+        return size
+    for rel in index.paths:
+        try:
+            tensor = preprocessing(load_rgb(index.root / rel))
+        except BadImageError:
+            continue
+        return int(tensor.shape[1]), int(tensor.shape[2])
+    raise RfstoreError(f"no readable image in {index.root}")
+
+
+def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResult:
+    """Record the network, dataset and layers in ``store`` (see module docstring)."""
+    network = config.resolved_name()
+    if "/" in network or network.startswith("_") or not network:
+        raise RfstoreError(f"network name {network!r} must be non-empty, without '/', not starting with '_'")
+    root = Path(config.data).expanduser().resolve()
+    if not root.is_dir():
+        raise RfstoreError(f"--data {config.data} is not a directory")
+    preprocessing = config.resolved_preprocessing()
+    loaded = load_model(config.model)
+    model = loaded.module
+    layer_names = select_layers(model, config.layers)
+    if not layer_names:
+        raise RfstoreError(f"{config.model.spec} has no layer matching --layers {config.layers or 'relu'}")
+    index = scan_image_folder(root)
+    if not index.paths:
+        raise RfstoreError(f"no image files in {root}")
+
+    params = {
+        "model": config.model.to_dict(), "preprocessing": preprocessing.to_dict(),
+        "dataset_root": str(root), "dataset_digest": index.digest(), "layers": layer_names,
+    }
+    fp = fingerprint("init", STAGE_VERSION, params, [])
+    if store.has(network) and "model" in store.attrs(network):
+        recorded = store.attrs(network)
+        if recorded.get("init_fingerprint") == fp and not force:
+            return InitResult(network, len(index.paths), layer_names, len(index.skipped), already_done=True)
+        if not force:
+            old = recorded.get("init_params", {})
+            changed = [k for k in sorted(params) if old.get(k) != params[k]]
+            raise StageMismatchError(
+                f"network {network!r} is already in {store.path} with other settings ({', '.join(changed)} differ"
+                f"{'; the image folder changed' if 'dataset_digest' in changed else ''}); "
+                f"use --force to start it over, or --name to add another network")
+        store.delete(network)
+
+    input_hw = input_size_for(preprocessing, index)
+    infos = probe_layers(model, layer_names, (3, *input_hw))
+    rfs, rf_errors = _theoretical_rfs(model, layer_names, input_hw)
+
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    root_attrs = store.attrs("")
+    if "schema_version" not in root_attrs:
+        store.update_attrs("", {"schema_version": SCHEMA_VERSION, "created": now, "rfstore_version": __version__})
+    elif root_attrs["schema_version"] != SCHEMA_VERSION:
+        raise RfstoreError(f"{store.path} has schema version {root_attrs['schema_version']}, "
+                           f"this rfstore writes version {SCHEMA_VERSION}")
+
+    n_images = len(index.paths)
+    store.require_group(network)
+    write_coordinate(store, network, "image", np.arange(n_images))
+    specs = image_specs(n_images)
+    store.create_array(f"{network}/image_path", specs["image_path"], data=np.asarray(index.paths, dtype=object))
+    store.create_array(f"{network}/image_label", specs["image_label"], data=np.asarray(index.labels, dtype=np.int64))
+    store.create_array(f"{network}/image_error", specs["image_error"])
+
+    for info in infos:
+        group = layer_group(network, info.name)
+        store.require_group(group)
+        write_coordinate(store, group, "image", np.arange(n_images))
+        write_coordinate(store, group, "unit", np.arange(info.num_units))
+        attrs: dict[str, object] = {"kind": info.kind, "num_units": info.num_units, "output_shape": list(info.output_shape)}
+        if info.name in rfs:
+            rf = rfs[info.name]
+            attrs |= {"rf_theory_size": list(rf.size), "rf_theory_jump": list(rf.jump), "rf_theory_start": list(rf.start)}
+        else:
+            attrs["rf_theory_error"] = rf_errors[info.name]
+        store.update_attrs(group, attrs)
+
+    store.update_attrs(network, {
+        "model": config.model.to_dict(), "model_spec": config.model.spec,
+        "weights_sha256": loaded.weights_sha256 or "", "parameters_sha256": parameters_digest(model),
+        "num_classes": loaded.num_classes if loaded.num_classes is not None else -1,
+        "preprocessing": preprocessing.to_dict(), "input_size": list(input_hw),
+        "dataset_root": str(root), "dataset_digest": index.digest(), "classes": list(index.classes),
+        "skipped_files": [[s.path, s.reason] for s in index.skipped],
+        "layers": layer_names, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+        "rfstore_version": __version__, "created": now,
+        "init_params": params, "init_fingerprint": fp,
+    })
+    store.flush()
+    return InitResult(network, n_images, layer_names, len(index.skipped), already_done=False)
+
+
+def _theoretical_rfs(model: torch.nn.Module, layers: list[str], input_hw: tuple[int, int]) -> tuple[dict, dict[str, str]]:
+    """Theoretical RFs of the layers that can be analysed, and the reason for each that cannot."""
+    try:
+        return theoretical_receptive_fields(model, layers, input_hw), {}
+    except ReceptiveFieldError:
+        pass
+    rfs, errors = {}, {}
+    for layer in layers:
+        try:
+            rfs |= theoretical_receptive_fields(model, [layer], input_hw)
+        except ReceptiveFieldError as err:
+            errors[layer] = str(err)
+    return rfs, errors

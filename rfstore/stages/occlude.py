@@ -1,0 +1,194 @@
+"""Stage ``occlude``: discrepancy maps of each unit's top-K images (Zhou et al. 2015, sec. 3.2).
+
+Reads: ``/{network}`` attrs and ``image_path``; per layer ``topk_image``,
+``topk_y``, ``topk_x`` (unit, rank) and the ``rf_theory_*`` attrs.
+Writes, per layer: ``discrepancy`` (unit, rank, oy, ox) = activation(original) -
+activation(occluded) of the unit at (topk_y, topk_x); coordinates ``oy``/``ox``
+(top-left pixel of the occluder) and ``rank``; attrs ``occluder_size``,
+``occluder_stride``, ``occluder_fill``, ``occluder_seed``.
+
+Work is done a group of units at a time, mixing layers so that units that share
+top images share occluded forward passes (:func:`rfstore.core.occlusion.discrepancy_maps`);
+each unit is flagged done once its maps are written, so a killed run resumes
+with the units not yet done. The ``noise`` fill is a function of (seed, image)
+only, so results do not depend on grouping, batch size or resumption.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rfstore.core.occlusion import LayerGeometry, OcclusionTarget, discrepancy_maps, occluder_positions
+from rfstore.datasets import Preprocessing
+from rfstore.errors import RfstoreError
+from rfstore.models import FeatureExtractor
+from rfstore.stages.context import NetworkContext, load_images
+from rfstore.stages.devices import resolve_device
+from rfstore.stages.progress import Plan, StageProgress, fingerprint, upstream_token
+from rfstore.store.layout import discrepancy_spec, layer_group, write_coordinate
+
+STAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OccludeConfig:
+    """Parameters of ``rfstore occlude``; size, stride, fill and seed define the results."""
+
+    size: int = 11
+    stride: int = 3
+    fill: str = "noise"
+    seed: int = 0
+    layers: tuple[str, ...] = ()
+    units: slice | None = None
+    device: str = "auto"
+    batch_size: int = 256
+    units_per_group: int = 8
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.stride < 1:
+            raise RfstoreError("--size and --stride must be at least 1")
+        if self.fill not in ("noise", "zero", "mean"):
+            try:
+                float(self.fill)
+            except ValueError:
+                raise RfstoreError(f"--fill must be noise, zero, mean or a number, not {self.fill!r}") from None
+
+    def params(self) -> dict[str, object]:
+        return {"size": self.size, "stride": self.stride, "fill": self.fill, "seed": self.seed}
+
+
+def occluder_fill(config: OccludeConfig, image: torch.Tensor, image_index: int,
+                  preprocessing: Preprocessing) -> torch.Tensor:
+    """The (3, H, W) content an occluder puts over ``image``, in the network's input space.
+
+    ``noise``: uniform RGB noise in [0, 1] pixel space, normalised like the images,
+    drawn from a generator seeded by (seed, image index); ``zero``: 0 in input space;
+    ``mean``: the image's per-channel mean; a number: that constant in input space.
+    """
+    if config.fill == "noise":
+        generator = torch.Generator().manual_seed(hash_seed(config.seed, image_index))
+        pixels = torch.rand(image.shape, generator=generator, dtype=torch.float32)
+        return preprocessing.from_pixels(pixels)
+    if config.fill == "zero":
+        return torch.zeros_like(image)
+    if config.fill == "mean":
+        return image.mean(dim=(1, 2), keepdim=True).expand_as(image).clone()
+    return torch.full_like(image, float(config.fill))
+
+
+def hash_seed(seed: int, image_index: int) -> int:
+    """A 63-bit seed for one image, stable across runs and platforms."""
+    return (int(seed) * 1_000_003 + int(image_index) * 7_919 + 0x5EED) % (2**63 - 1)
+
+
+@dataclass
+class OccludeResult:
+    units_done: dict[str, int] = field(default_factory=dict)
+    skipped_layers: list[str] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def layer_geometry(ctx: NetworkContext, layer: str) -> LayerGeometry:
+    attrs = ctx.layer_attrs(layer)
+    if "rf_theory_size" not in attrs:
+        raise RfstoreError(f"layer {layer} has no theoretical receptive field ({attrs.get('rf_theory_error')}), "
+                           f"which occlusion needs")
+    return LayerGeometry(size=tuple(attrs["rf_theory_size"]), jump=tuple(attrs["rf_theory_jump"]),
+                         start=tuple(attrs["rf_theory_start"]), kind=attrs["kind"])
+
+
+def run_occlude(ctx: NetworkContext, config: OccludeConfig, force: bool = False,
+                progress: Callable[[int], Callable[[int], None]] | None = None) -> OccludeResult:
+    """Compute the discrepancy maps of the selected units (see module docstring)."""
+    layers = ctx.check_layers(list(config.layers))
+    height, width = ctx.input_size
+    oy, ox = occluder_positions(height, config.size, config.stride), occluder_positions(width, config.size, config.stride)
+    if not len(oy) or not len(ox):
+        raise RfstoreError(f"an occluder of {config.size} px does not fit in the {height}x{width} input")
+    result = OccludeResult()
+    work: list[tuple[str, int]] = []
+    trackers: dict[str, StageProgress] = {}
+    for layer in layers:
+        n_units = ctx.n_units(layer)
+        units = np.arange(n_units)[config.units] if config.units is not None else np.arange(n_units)
+        if config.units is not None and (config.units.start >= n_units or not len(units)):
+            raise RfstoreError(f"--units {config.units.start}:{config.units.stop}: layer {layer} has units 0..{n_units - 1}")
+        upstream = upstream_token(ctx.store, ctx.network, "topk", layer, needed_by="occlude")
+        tracker = StageProgress(ctx.store, ctx.network, "occlude", layer)
+        fp = fingerprint("occlude", STAGE_VERSION, config.params(), [upstream])
+        plan = tracker.begin(config.params(), fp, n_units, force)
+        if plan is Plan.SKIP:
+            result.skipped_layers.append(layer)
+            continue
+        group = layer_group(ctx.network, layer)
+        k = int(ctx.layer_attrs(layer)["topk_k"])
+        if plan is Plan.FRESH:
+            write_coordinate(ctx.store, group, "oy", oy)
+            write_coordinate(ctx.store, group, "ox", ox)
+            ctx.store.create_array(f"{group}/discrepancy", discrepancy_spec(n_units, k, len(oy), len(ox)))
+            ctx.store.update_attrs(group, {"occluder_size": config.size, "occluder_stride": config.stride,
+                                           "occluder_fill": config.fill, "occluder_seed": config.seed})
+        done = tracker.done_mask()
+        work += [(layer, int(u)) for u in units if not done[u]]
+        trackers[layer] = tracker
+        layer_geometry(ctx, layer)  # fail early, before any work, for a layer without RF
+    if work:
+        _compute(ctx, config, work, trackers, progress, result)
+    for layer, tracker in trackers.items():
+        if tracker.done_mask().all():
+            tracker.complete()
+    return result
+
+
+def _compute(ctx: NetworkContext, config: OccludeConfig, work: list[tuple[str, int]],
+             trackers: dict[str, StageProgress], progress: Callable | None, result: OccludeResult) -> None:
+    device = resolve_device(config.device)
+    layers = sorted({layer for layer, _ in work}, key=ctx.layers.index)
+    model = ctx.load_model().module.to(device)
+    extractor = FeatureExtractor(model, layers)
+    geometry = {layer: layer_geometry(ctx, layer) for layer in layers}
+    topk = {layer: {name: ctx.store.read(f"{layer_group(ctx.network, layer)}/topk_{name}") for name in ("image", "y", "x")}
+            for layer in layers}
+    preprocessing = ctx.preprocessing
+    tick = progress(len(work)) if progress else None
+    totals: dict[str, float] = {}
+    for start in range(0, len(work), config.units_per_group):
+        group = work[start:start + config.units_per_group]
+        image_ids = sorted({int(i) for layer, unit in group for i in topk[layer]["image"][unit] if i >= 0})
+        local = {image: n for n, image in enumerate(image_ids)}
+        targets, owners = [], []
+        for layer, unit in group:
+            for rank, image in enumerate(topk[layer]["image"][unit]):
+                if image < 0:
+                    continue
+                kind = geometry[layer].kind
+                y = int(topk[layer]["y"][unit, rank]) if kind == "conv" else 0
+                x = int(topk[layer]["x"][unit, rank]) if kind == "conv" else 0
+                targets.append(OcclusionTarget(local[int(image)], layer, unit, y, x))
+                owners.append((layer, unit, rank))
+        images = load_images(ctx, image_ids)
+        maps = np.zeros((0,))
+        if targets:
+            fill = torch.stack([occluder_fill(config, images[n], i, preprocessing) for n, i in enumerate(image_ids)])
+            maps, stats = discrepancy_maps(extractor, images, fill, targets, geometry, size=config.size,
+                                           stride=config.stride, batch_size=config.batch_size, device=device)
+            for key, value in vars(stats).items() if hasattr(stats, "__dict__") else []:
+                if isinstance(value, (int, float)):
+                    totals[key] = totals.get(key, 0) + value
+        for layer, unit in group:
+            k = int(ctx.layer_attrs(layer)["topk_k"])
+            n_oy, n_ox = ctx.store.array_spec(f"{layer_group(ctx.network, layer)}/discrepancy").shape[2:]
+            unit_maps = np.full((k, n_oy, n_ox), np.nan, dtype=np.float32)
+            for t, (o_layer, o_unit, rank) in enumerate(owners):
+                if (o_layer, o_unit) == (layer, unit):
+                    unit_maps[rank] = maps[t]
+            ctx.store.write(f"{layer_group(ctx.network, layer)}/discrepancy", unit, unit_maps)
+        for layer in {layer for layer, _ in group}:
+            trackers[layer].mark_done([unit for g_layer, unit in group if g_layer == layer])
+            result.units_done[layer] = result.units_done.get(layer, 0) + sum(1 for g, _ in group if g == layer)
+        if tick:
+            tick(len(group))
+    result.stats = totals

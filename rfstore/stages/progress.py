@@ -1,0 +1,185 @@
+"""Stage bookkeeping: fingerprints, parameters, done flags (DVC-style, kept in the store).
+
+Each stage (per layer where it works per layer) records in
+``/{network}/_rfstore/{stage}[/{layer}]``:
+
+- ``fingerprint``: sha256 of the stage name, its version, its parameters and
+  the fingerprints of the stages it reads from;
+- ``params``: the parameters, to name what differs when they change;
+- ``state``: ``"running"`` or ``"complete"``;
+- ``done``: a uint8 flag per work block (image block, unit), set only after the
+  block's data is written and flushed, so a killed run redoes at most the blocks
+  in flight. (Zarr omits chunks that hold only the fill value, so the presence
+  of data is never taken as a sign of completion.)
+
+Checks run cheapest first: a complete stage with the same fingerprint returns
+at once without touching its data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from rfstore import __version__
+from rfstore.errors import MissingInputError, StageMismatchError
+from rfstore.store import ArraySpec, Store
+from rfstore.store.layout import progress_group
+
+
+def fingerprint(stage: str, version: int, params: dict[str, Any], upstream: list[str]) -> str:
+    """Hex sha256 of a stage's identity, parameters and upstream fingerprints."""
+    payload = json.dumps({"stage": stage, "version": version, "params": params, "upstream": upstream},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Plan(Enum):
+    """What a stage must do, decided by :meth:`StageProgress.begin`."""
+
+    SKIP = "skip"      # complete with the same fingerprint: nothing to do
+    RESUME = "resume"  # started with the same fingerprint: do the blocks not done
+    FRESH = "fresh"    # nothing recorded (or --force): do everything
+
+
+#: the stages in pipeline order; forcing one invalidates those after it.
+STAGE_ORDER = ("activations", "topk", "occlude", "rf", "segment", "dissect")
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    fingerprint: str
+    params: dict[str, Any]
+    state: str
+    generation: str
+
+    @property
+    def token(self) -> str:
+        """Identifies these results: changes whenever the stage is recomputed from scratch."""
+        return f"{self.fingerprint}:{self.generation}"
+
+
+class StageProgress:
+    """Bookkeeping of one stage (optionally of one layer) of one network.
+
+    Parameters
+    ----------
+    store : Store
+        The open store.
+    network : str
+        Network key.
+    stage : str
+        Stage name (``"activations"``, ``"topk"``, ...).
+    layer : str, optional
+        Layer, for stages that keep one record per layer.
+    """
+
+    def __init__(self, store: Store, network: str, stage: str, layer: str | None = None) -> None:
+        self.store = store
+        self.network = network
+        self.stage = stage
+        self.layer = layer
+        self.group = progress_group(network, stage, layer)
+
+    @property
+    def label(self) -> str:
+        return self.stage if self.layer is None else f"{self.stage} of layer {self.layer}"
+
+    def record(self) -> StageRecord | None:
+        """What the store says about this stage, or None if it never ran."""
+        if not self.store.has(self.group):
+            return None
+        attrs = self.store.attrs(self.group)
+        if "fingerprint" not in attrs:
+            return None
+        return StageRecord(attrs["fingerprint"], attrs.get("params", {}), attrs.get("state", "running"),
+                           attrs.get("generation", ""))
+
+    def is_complete(self, expected_fingerprint: str | None = None) -> bool:
+        rec = self.record()
+        return rec is not None and rec.state == "complete" and (
+            expected_fingerprint is None or rec.fingerprint == expected_fingerprint)
+
+    def begin(self, params: dict[str, Any], fp: str, n_blocks: int, force: bool = False) -> Plan:
+        """Decide what to do and prepare the bookkeeping for it.
+
+        Raises
+        ------
+        StageMismatchError
+            The stage ran with other parameters (or on other upstream results)
+            and ``force`` is False.
+        """
+        rec = self.record()
+        if rec is not None and not force:
+            if rec.fingerprint == fp:
+                if rec.state == "complete":
+                    return Plan.SKIP
+                if self._done_length() == n_blocks:
+                    return Plan.RESUME
+            else:
+                raise StageMismatchError(self._mismatch_message(rec.params, params))
+        if rec is not None:
+            invalidate_downstream(self.store, self.network, self.stage, self.layer)
+        self.store.delete(self.group)
+        self.store.require_group(self.group)
+        self.store.create_array(f"{self.group}/done", ArraySpec((n_blocks,), "uint8", ("block",), (max(n_blocks, 1),), 0))
+        self.store.update_attrs(self.group, {"fingerprint": fp, "params": params, "state": "running",
+                                             "generation": uuid.uuid4().hex,
+                                             "rfstore_version": __version__})
+        self.store.flush()
+        return Plan.FRESH
+
+    def _mismatch_message(self, old: dict[str, Any], new: dict[str, Any]) -> str:
+        changed = [f"{key}: stored {old.get(key)!r}, asked {new.get(key)!r}"
+                   for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+        what = "; ".join(changed) if changed else "the results it was computed from have changed since"
+        return (f"{self.label} was computed with other parameters ({what}); "
+                f"rerun with --force to recompute it and everything that depends on it")
+
+    def _done_length(self) -> int:
+        path = f"{self.group}/done"
+        return self.store.array_spec(path).shape[0] if self.store.is_array(path) else -1
+
+    def done_mask(self) -> np.ndarray:
+        """``(n_blocks,)`` bool: which blocks are done."""
+        return self.store.read(f"{self.group}/done").astype(bool)
+
+    def mark_done(self, blocks: np.ndarray | list[int] | int) -> None:
+        """Flag blocks done; call only after their data is written."""
+        self.store.flush()
+        index = np.atleast_1d(np.asarray(blocks, dtype=np.int64))
+        done = self.store.read(f"{self.group}/done")
+        done[index] = 1
+        self.store.write(f"{self.group}/done", slice(None), done)
+        self.store.flush()
+
+    def complete(self) -> None:
+        self.store.update_attrs(self.group, {"state": "complete"})
+        self.store.flush()
+
+    def invalidate(self) -> None:
+        """Forget this stage (its outputs must then be recomputed)."""
+        self.store.delete(self.group)
+        self.store.flush()
+
+
+def invalidate_downstream(store: Store, network: str, stage: str, layer: str | None = None) -> None:
+    """Forget every stage after ``stage`` (of ``layer`` only, if given): their inputs are being redone."""
+    if stage not in STAGE_ORDER:
+        return
+    for later in STAGE_ORDER[STAGE_ORDER.index(stage) + 1:]:
+        store.delete(progress_group(network, later, layer))
+
+
+def upstream_token(store: Store, network: str, stage: str, layer: str | None = None, *, needed_by: str) -> str:
+    """The token of a complete upstream stage, or a clear error saying what to run first."""
+    record = StageProgress(store, network, stage, layer).record()
+    if record is None or record.state != "complete":
+        what = stage if layer is None else f"{stage} for layer {layer}"
+        raise MissingInputError(f"{needed_by} needs the {what} results: run 'rfstore {stage} {store.path}' first")
+    return record.token

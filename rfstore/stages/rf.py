@@ -1,0 +1,117 @@
+"""Stage ``rf``: each unit's empirical receptive field and its size.
+
+Reads, per layer: ``discrepancy`` (unit, rank, oy, ox) with the ``occluder_*``
+attrs (``--method occlusion``, the default), or the top images themselves
+(``--method gradient``, Luo et al. 2016); ``topk_image``, ``topk_y``, ``topk_x``;
+the ``rf_theory_*`` attrs.
+Writes, per layer: ``rf_map`` (unit, ry, rx), the mean of the unit's K pixel
+maps re-centred on its RF centre (``ry = rx = 0``), with ``ry``/``rx`` coordinates in
+pixels; ``rf_size`` (unit), the side of the square with the area where
+``rf_map >= threshold * max``; attrs ``rf_method``, ``rf_threshold``.
+
+Units are done in the order their discrepancy maps were: a unit is computed once
+its maps exist, so ``rf`` can follow a partial ``occlude --units`` run and pick up
+the rest later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rfstore.core.rf_empirical import DEFAULT_THRESHOLD, rf_size_from_map, unit_rf_map, window_radius
+from rfstore.errors import MissingInputError, RfstoreError
+from rfstore.stages.context import NetworkContext
+from rfstore.stages.progress import Plan, StageProgress, fingerprint
+from rfstore.store.layout import layer_group, rf_specs, write_coordinate
+
+STAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RFConfig:
+    threshold: float = DEFAULT_THRESHOLD
+    method: str = "occlusion"
+    layers: tuple[str, ...] = ()
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise RfstoreError(f"--threshold must be in (0, 1], not {self.threshold}")
+        if self.method not in ("occlusion", "gradient"):
+            raise RfstoreError(f"--method must be occlusion or gradient, not {self.method!r}")
+
+    def params(self) -> dict[str, object]:
+        return {"threshold": self.threshold, "method": self.method}
+
+
+@dataclass
+class RFResult:
+    units_done: dict[str, int]
+    waiting: dict[str, int]  # units whose discrepancy maps are not computed yet
+
+
+def _upstream(ctx: NetworkContext, layer: str, method: str) -> tuple[str, np.ndarray]:
+    """Token of the stage rf reads from, and which units it has finished."""
+    stage = "occlude" if method == "occlusion" else "topk"
+    tracker = StageProgress(ctx.store, ctx.network, stage, layer)
+    record = tracker.record()
+    if record is None:
+        raise MissingInputError(f"rf --method {method} needs {stage} results for layer {layer}: "
+                                f"run 'rfstore {stage} {ctx.store.path}' first")
+    return record.token, tracker.done_mask() if stage == "occlude" else np.ones(ctx.n_units(layer), dtype=bool)
+
+
+def run_rf(ctx: NetworkContext, config: RFConfig, force: bool = False) -> RFResult:
+    result = RFResult({}, {})
+    for layer in ctx.check_layers(list(config.layers)):
+        token, available = _upstream(ctx, layer, config.method)
+        n_units = ctx.n_units(layer)
+        tracker = StageProgress(ctx.store, ctx.network, "rf", layer)
+        plan = tracker.begin(config.params(), fingerprint("rf", STAGE_VERSION, config.params(), [token]), n_units, force)
+        if plan is Plan.SKIP:
+            continue
+        group = layer_group(ctx.network, layer)
+        attrs = ctx.layer_attrs(layer)
+        size = tuple(attrs["rf_theory_size"])
+        occluder = int(attrs.get("occluder_size", 1)) if config.method == "occlusion" else 1
+        radius = window_radius(size, occluder)
+        if plan is Plan.FRESH:
+            write_coordinate(ctx.store, group, "ry", np.arange(-radius[0], radius[0] + 1))
+            write_coordinate(ctx.store, group, "rx", np.arange(-radius[1], radius[1] + 1))
+            for name, spec in rf_specs(n_units, (2 * radius[0] + 1, 2 * radius[1] + 1)).items():
+                ctx.store.create_array(f"{group}/{name}", spec)
+            ctx.store.update_attrs(group, {"rf_method": config.method, "rf_threshold": config.threshold})
+        todo = np.flatnonzero(available & ~tracker.done_mask())
+        if config.method == "occlusion":
+            maps = _occlusion_maps(ctx, layer, todo)
+        else:
+            from rfstore.stages.rf_gradient import gradient_rf_maps
+
+            maps = gradient_rf_maps(ctx, layer, todo, radius, config.device)
+        sizes = ctx.store.read(f"{group}/rf_size")
+        for unit, rf_map in zip(todo, maps):
+            ctx.store.write(f"{group}/rf_map", int(unit), rf_map)
+            sizes[unit] = rf_size_from_map(rf_map, config.threshold)
+        ctx.store.write(f"{group}/rf_size", slice(None), sizes)
+        if len(todo):
+            tracker.mark_done(todo)
+        result.units_done[layer] = len(todo)
+        waiting = int((~available).sum())
+        if waiting:
+            result.waiting[layer] = waiting
+        elif tracker.done_mask().all():
+            tracker.complete()
+    return result
+
+
+def _occlusion_maps(ctx: NetworkContext, layer: str, units: np.ndarray):
+    """Yield the ``(2ry+1, 2rx+1)`` rf_map of each unit from its discrepancy maps."""
+    group = layer_group(ctx.network, layer)
+    attrs = ctx.layer_attrs(layer)
+    topk_y, topk_x = ctx.store.read(f"{group}/topk_y"), ctx.store.read(f"{group}/topk_x")
+    for unit in units:
+        maps = ctx.store.read(f"{group}/discrepancy", int(unit))
+        yield unit_rf_map(maps, topk_y[unit], topk_x[unit], tuple(attrs["rf_theory_start"]),
+                          tuple(attrs["rf_theory_jump"]), tuple(attrs["rf_theory_size"]),
+                          int(attrs["occluder_size"]), int(attrs["occluder_stride"]), ctx.input_size)

@@ -1,0 +1,82 @@
+"""``rfstore status``: a plain-text account of what a store holds (read only).
+
+Reads: root and network attrs, every stage's bookkeeping, ``image_error``,
+``rf_size`` where present. Writes nothing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rfstore.stages.context import NetworkContext, find_network
+from rfstore.stages.progress import STAGE_ORDER, StageProgress
+from rfstore.store import Store
+from rfstore.store.layout import layer_group
+
+
+def stage_state(store: Store, network: str, stage: str, layer: str | None = None) -> str:
+    """``complete``, ``running (d/n blocks)`` or ``-``."""
+    tracker = StageProgress(store, network, stage, layer)
+    record = tracker.record()
+    if record is None:
+        return "-"
+    if record.state == "complete":
+        return "complete"
+    done = tracker.done_mask()
+    return f"partial {int(done.sum())}/{done.size}"
+
+
+def format_status(store: Store, network: str | None = None) -> str:
+    """The status report of one network (or of every network when several and none named)."""
+    root = store.attrs("")
+    lines = [f"store {store.path} (schema v{root.get('schema_version', '?')}, rfstore {root.get('rfstore_version', '?')})"]
+    groups, _ = store.children("")
+    networks = [network] if network else [g for g in groups if "model" in store.attrs(g)]
+    if network is None and len(networks) == 1:
+        find_network(store, None)
+    for name in networks:
+        lines += _network_status(NetworkContext.open(store, name))
+    if not networks:
+        lines.append("no network yet: run 'rfstore init'")
+    return "\n".join(lines)
+
+
+def _network_status(ctx: NetworkContext) -> list[str]:
+    attrs = ctx.attrs
+    lines = [
+        f"network {ctx.network}: {attrs['model_spec']} (weights {ctx.model_spec.weights or 'default'}), "
+        f"input {attrs['input_size'][0]}x{attrs['input_size'][1]}",
+        f"  images: {ctx.n_images} from {attrs['dataset_root']} ({len(attrs.get('classes', []))} classes)",
+        f"  activations: {stage_state(ctx.store, ctx.network, 'activations')}",
+    ]
+    header = f"  {'layer':<16}{'kind':<7}{'units':>6}  {'RF theory':>10}" + "".join(
+        f"{stage:>12}" for stage in STAGE_ORDER[1:5]) + f"{'RF empirical':>16}"
+    lines.append(header)
+    for layer in ctx.layers:
+        la = ctx.layer_attrs(layer)
+        rf = "x".join(str(v) for v in la["rf_theory_size"]) if "rf_theory_size" in la else "n/a"
+        states = "".join(f"{stage_state(ctx.store, ctx.network, stage, layer):>12}" for stage in STAGE_ORDER[1:5])
+        lines.append(f"  {layer:<16}{la['kind']:<7}{la['num_units']:>6}  {rf:>10}{states}{_empirical(ctx, layer):>16}")
+    skipped = attrs.get("skipped_files", [])
+    unreadable = _unreadable(ctx)
+    if skipped or unreadable:
+        lines.append(f"  files left out: {len(skipped)} at init, {len(unreadable)} unreadable at activations")
+        for path, reason in list(skipped) + unreadable:
+            lines.append(f"    {path}: {reason}")
+    return lines
+
+
+def _unreadable(ctx: NetworkContext) -> list[tuple[str, str]]:
+    errors = ctx.store.read(f"{ctx.network}/image_error")
+    paths = ctx.image_paths()
+    return [(str(paths[i]), str(errors[i])) for i in np.flatnonzero(errors != "")]
+
+
+def _empirical(ctx: NetworkContext, layer: str) -> str:
+    path = f"{layer_group(ctx.network, layer)}/rf_size"
+    if not ctx.store.is_array(path):
+        return "-"
+    sizes = ctx.store.read(path)
+    sizes = sizes[~np.isnan(sizes)]
+    if not sizes.size:
+        return "-"
+    return f"{sizes.mean():.1f} +- {sizes.std():.1f}"

@@ -1,0 +1,78 @@
+"""Stage ``topk``: each unit's K most activating images.
+
+Reads, per layer: ``act_max`` or ``act_mean`` (``--measure``), ``act_y``, ``act_x`` (image, unit).
+Writes, per layer: ``topk_image``, ``topk_value``, ``topk_y``, ``topk_x`` (unit, rank), and a
+``rank`` coordinate; layer attrs ``topk_k``, ``topk_measure``.
+
+Ranking: highest value first, ties to the lower image index; unreadable images
+(NaN) are never ranked; a unit with fewer than K readable images gets -1/NaN in
+the remaining ranks. The activations are read one image block at a time, so
+memory does not grow with the dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rfstore.core.topk import RunningTopK
+from rfstore.errors import MissingInputError, RfstoreError
+from rfstore.stages.context import NetworkContext
+from rfstore.stages.progress import Plan, StageProgress, fingerprint, upstream_token
+from rfstore.store.layout import IMAGE_BLOCK, layer_group, topk_specs, write_coordinate
+
+STAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TopKConfig:
+    k: int = 10
+    measure: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise RfstoreError(f"--k must be at least 1, not {self.k}")
+        if self.measure not in ("max", "mean"):
+            raise RfstoreError(f"--measure must be max or mean, not {self.measure!r}")
+
+    def params(self) -> dict[str, object]:
+        return {"k": self.k, "measure": self.measure}
+
+
+def run_topk(ctx: NetworkContext, config: TopKConfig, force: bool = False) -> dict[str, Plan]:
+    """Compute and store the top-K of every layer; returns what was done per layer."""
+    upstream = upstream_token(ctx.store, ctx.network, "activations", needed_by="topk")
+    plans = {}
+    for layer in ctx.layers:
+        tracker = StageProgress(ctx.store, ctx.network, "topk", layer)
+        fp = fingerprint("topk", STAGE_VERSION, config.params(), [upstream])
+        plan = tracker.begin(config.params(), fp, 1, force)
+        plans[layer] = plan
+        if plan is Plan.SKIP:
+            continue
+        result = layer_topk(ctx, layer, config)
+        group = layer_group(ctx.network, layer)
+        write_coordinate(ctx.store, group, "rank", np.arange(config.k))
+        for name, spec in topk_specs(ctx.n_units(layer), config.k).items():
+            ctx.store.create_array(f"{group}/{name}", spec, data=result[name.removeprefix("topk_")])
+        ctx.store.update_attrs(group, {"topk_k": config.k, "topk_measure": config.measure})
+        tracker.mark_done(0)
+        tracker.complete()
+    return plans
+
+
+def layer_topk(ctx: NetworkContext, layer: str, config: TopKConfig) -> dict[str, np.ndarray]:
+    """``(U, K)`` arrays ``image``, ``value``, ``y``, ``x`` of one layer, streamed over image blocks."""
+    group = layer_group(ctx.network, layer)
+    if not ctx.store.is_array(f"{group}/act_{config.measure}"):
+        raise MissingInputError(f"layer {layer} has no activations: run 'rfstore activations' first")
+    topk = RunningTopK(ctx.n_units(layer), config.k, extras=("y", "x"))
+    for start in range(0, ctx.n_images, IMAGE_BLOCK):
+        rows = slice(start, min(ctx.n_images, start + IMAGE_BLOCK))
+        topk.update(
+            ctx.store.read(f"{group}/act_{config.measure}", rows),
+            np.arange(rows.start, rows.stop),
+            y=ctx.store.read(f"{group}/act_y", rows),
+            x=ctx.store.read(f"{group}/act_x", rows),
+        )
+    return topk.result()

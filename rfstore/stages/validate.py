@@ -1,0 +1,127 @@
+"""Stage ``validate``: the network's accuracy and confusion matrix on the labelled folder.
+
+The original study used this to check that its preprocessing matched the one the
+network was trained with (AvatarNet: geo/lmk).
+
+Reads: ``/{network}`` attrs, ``image_path``, ``image_label``.
+Writes: ``/{network}/validation/confusion`` (true_class, predicted_class), with
+coordinates ``true_class`` and ``predicted_class`` (the mapped classes, then
+``other`` for outputs that no class maps to); attrs ``accuracy``, ``n_images``,
+``class_map``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rfstore.datasets import ImageFolderDataset
+from rfstore.errors import RfstoreError
+from rfstore.stages.activations import default_workers
+from rfstore.stages.context import NetworkContext
+from rfstore.stages.devices import resolve_device
+from rfstore.stages.progress import Plan, StageProgress, fingerprint
+from rfstore.store import ArraySpec
+from rfstore.store.layout import write_coordinate
+
+STAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    class_map: dict[str, int] = field(default_factory=dict)
+    batch_size: int = 64
+    device: str = "auto"
+    num_workers: int | None = None
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    classes: list[str]
+    class_map: dict[str, int]
+    confusion: np.ndarray  # (n_classes, n_classes + 1): true folder class x predicted (mapped classes, other)
+    n_images: int
+
+    @property
+    def accuracy(self) -> float:
+        total = self.confusion.sum()
+        return float(np.trace(self.confusion[:, : len(self.classes)]) / total) if total else float("nan")
+
+
+def resolve_class_map(classes: list[str], class_map: dict[str, int], num_classes: int) -> dict[str, int]:
+    """Folder class name -> output index (default: the i-th folder is output i)."""
+    if not classes:
+        raise RfstoreError("validate needs a labelled folder (one subfolder per class); this dataset has no classes")
+    if not class_map:
+        class_map = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(class_map) - set(classes))
+    if unknown:
+        raise RfstoreError(f"--class-map names {', '.join(unknown)}, not folders of the dataset ({', '.join(classes)})")
+    missing = [c for c in classes if c not in class_map]
+    if missing:
+        raise RfstoreError(f"--class-map does not map the folder(s) {', '.join(missing)}")
+    bad = {c: i for c, i in class_map.items() if num_classes > 0 and not 0 <= i < num_classes}
+    if bad:
+        raise RfstoreError(f"--class-map indices {bad} are outside the network's {num_classes} outputs")
+    return dict(class_map)
+
+
+def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = False,
+                 progress: Callable[[Iterator, int], Iterator] | None = None) -> ValidationReport:
+    classes = list(ctx.attrs.get("classes", []))
+    class_map = resolve_class_map(classes, config.class_map, int(ctx.attrs.get("num_classes", -1)))
+    params = {"class_map": class_map}
+    tracker = StageProgress(ctx.store, ctx.network, "validate")
+    fp = fingerprint("validate", STAGE_VERSION, params, [ctx.attrs["init_fingerprint"]])
+    group = f"{ctx.network}/validation"
+    plan = tracker.begin(params, fp, 1, force)
+    if plan is Plan.SKIP:
+        attrs = ctx.store.attrs(group)
+        return ValidationReport(classes, class_map, ctx.store.read(f"{group}/confusion"), int(attrs["n_images"]))
+
+    labels = ctx.store.read(f"{ctx.network}/image_label")
+    indices = [int(i) for i in np.flatnonzero(labels >= 0)]
+    output_to_column = {index: classes.index(name) for name, index in class_map.items()}
+    confusion = np.zeros((len(classes), len(classes) + 1), dtype=np.int64)
+    device = resolve_device(config.device)
+    model = ctx.load_model().module.to(device)
+    dataset = ImageFolderDataset(ctx.dataset_root, list(ctx.image_paths()), ctx.preprocessing, indices)
+    workers = default_workers() if config.num_workers is None else config.num_workers
+    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=workers, collate_fn=dataset.collate)
+    n_images = 0
+    with torch.inference_mode():
+        for image_ids, images, errors in (loader if progress is None else progress(loader, len(indices))):
+            bad = {image for image, _ in errors}
+            good_ids = [int(i) for i in image_ids.numpy() if int(i) not in bad]
+            if not good_ids:
+                continue
+            predicted = model(images.to(device)).argmax(dim=1).cpu().numpy()
+            for image, output in zip(good_ids, predicted):
+                confusion[labels[image], output_to_column.get(int(output), len(classes))] += 1
+            n_images += len(good_ids)
+
+    ctx.store.require_group(group)
+    write_coordinate(ctx.store, group, "true_class", np.arange(len(classes)))
+    write_coordinate(ctx.store, group, "predicted_class", np.arange(len(classes) + 1))
+    ctx.store.create_array(f"{group}/confusion", ArraySpec(confusion.shape, "int64", ("true_class", "predicted_class"),
+                                                           confusion.shape, 0), data=confusion)
+    report = ValidationReport(classes, class_map, confusion, n_images)
+    ctx.store.update_attrs(group, {"accuracy": report.accuracy, "n_images": n_images, "class_map": class_map,
+                                   "class_names": classes + ["other"]})
+    tracker.mark_done(0)
+    tracker.complete()
+    return report
+
+
+def format_report(report: ValidationReport) -> str:
+    names = report.classes + ["other"]
+    width = max(8, *(len(n) + 2 for n in names))
+    lines = [f"accuracy {report.accuracy:.4f} on {report.n_images} labelled images",
+             "confusion (rows: folder class, columns: predicted class)",
+             " " * width + "".join(f"{n:>{width}}" for n in names)]
+    for name, row in zip(report.classes, report.confusion):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)

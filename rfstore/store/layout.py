@@ -1,0 +1,130 @@
+"""Key layout and chunk shapes of an rfstore store (../shared/CONTRACT.md, schema v1).
+
+::
+
+    /                                   attrs: schema_version, created, rfstore_version
+    /{network}/                         attrs: model, weights_sha256, preprocessing, input_size, dataset_root, ...
+        image, image_path, image_label, image_error         (image)
+    /{network}/{layer}/                 attrs: kind, rf_theory_size/jump/start, stage parameters
+        act_max, act_mean, act_y, act_x                     (image, unit)
+        act_map                                             (image, unit, map_y, map_x)   only with --maps
+        topk_image, topk_value, topk_y, topk_x              (unit, rank)
+        discrepancy                                         (unit, rank, oy, ox)
+        rf_map                                              (unit, ry, rx)
+        rf_size                                             (unit)
+        seg_mask                                            (unit, rank, py, px)
+    /{network}/_rfstore/{stage}[/{layer}]                   stage bookkeeping: fingerprint, parameters, done flags
+
+Every dimension used in a group has a coordinate array of the same name in that
+group, so each group opens on its own as an :class:`xarray.Dataset`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rfstore.store.base import ArraySpec, Store
+
+SCHEMA_VERSION = 1
+NAN = float("nan")
+
+#: images per chunk along the ``image`` axis: the activations stage writes and
+#: checkpoints one such block of images at a time.
+IMAGE_BLOCK = 1024
+#: units per chunk along the ``unit`` axis of per-image arrays.
+UNIT_BLOCK = 512
+#: bookkeeping group of each network (hidden from xarray's view of the layer groups).
+INTERNAL = "_rfstore"
+
+
+def network_group(network: str) -> str:
+    return network
+
+
+def layer_group(network: str, layer: str) -> str:
+    return f"{network}/{layer}"
+
+
+def progress_group(network: str, stage: str, layer: str | None = None) -> str:
+    """Group holding a stage's fingerprint, parameters and done flags."""
+    base = f"{network}/{INTERNAL}/{stage}"
+    return base if layer is None else f"{base}/{layer}"
+
+
+def write_coordinate(store: Store, group: str, dim: str, values: np.ndarray) -> None:
+    """Create (or replace if different) the coordinate array ``group/dim``."""
+    values = np.asarray(values)
+    path = f"{group}/{dim}"
+    if store.is_array(path) and store.array_spec(path).shape == values.shape:
+        if np.array_equal(store.read(path), values):
+            return
+    dtype = "float32" if values.dtype.kind == "f" else "int64"
+    store.create_array(path, ArraySpec(values.shape, dtype, (dim,), (max(1, len(values)),), 0), data=values.astype(dtype))
+
+
+# -- per-network arrays ------------------------------------------------------------
+def image_specs(n_images: int) -> dict[str, ArraySpec]:
+    chunk = (min(max(n_images, 1), 65536),)
+    return {
+        "image_path": ArraySpec((n_images,), "str", ("image",), chunk, ""),
+        "image_label": ArraySpec((n_images,), "int64", ("image",), chunk, -1),
+        "image_error": ArraySpec((n_images,), "str", ("image",), (IMAGE_BLOCK,), ""),
+    }
+
+
+# -- per-layer arrays --------------------------------------------------------------
+def activation_specs(n_images: int, n_units: int) -> dict[str, ArraySpec]:
+    shape = (n_images, n_units)
+    chunks = (IMAGE_BLOCK, UNIT_BLOCK)
+    dims = ("image", "unit")
+    return {
+        "act_max": ArraySpec(shape, "float32", dims, chunks, NAN),
+        "act_mean": ArraySpec(shape, "float32", dims, chunks, NAN),
+        "act_y": ArraySpec(shape, "int32", dims, chunks, -1),
+        "act_x": ArraySpec(shape, "int32", dims, chunks, -1),
+    }
+
+
+def activation_map_spec(n_images: int, n_units: int, map_hw: tuple[int, int]) -> ArraySpec:
+    """Full activation maps in float16, chunked a few images by all units (about 1-4 MB)."""
+    per_image = n_units * map_hw[0] * map_hw[1] * 2
+    images_per_chunk = max(1, min(IMAGE_BLOCK, (2 << 20) // max(per_image, 1)))
+    return ArraySpec(
+        (n_images, n_units, *map_hw), "float16", ("image", "unit", "map_y", "map_x"),
+        (images_per_chunk, n_units, *map_hw), NAN,
+    )
+
+
+def topk_specs(n_units: int, k: int) -> dict[str, ArraySpec]:
+    shape = (n_units, k)
+    dims = ("unit", "rank")
+    chunks = (min(n_units, 4096), k)
+    return {
+        "topk_image": ArraySpec(shape, "int64", dims, chunks, -1),
+        "topk_value": ArraySpec(shape, "float32", dims, chunks, NAN),
+        "topk_y": ArraySpec(shape, "int32", dims, chunks, -1),
+        "topk_x": ArraySpec(shape, "int32", dims, chunks, -1),
+    }
+
+
+def discrepancy_spec(n_units: int, k: int, n_oy: int, n_ox: int) -> ArraySpec:
+    """One chunk per unit: the occlude stage completes and checkpoints whole units."""
+    return ArraySpec((n_units, k, n_oy, n_ox), "float32", ("unit", "rank", "oy", "ox"), (1, k, n_oy, n_ox), NAN)
+
+
+def rf_specs(n_units: int, window: tuple[int, int]) -> dict[str, ArraySpec]:
+    unit_chunk = max(1, min(n_units, (4 << 20) // max(4 * window[0] * window[1], 1)))
+    return {
+        "rf_map": ArraySpec((n_units, *window), "float32", ("unit", "ry", "rx"), (unit_chunk, *window), NAN),
+        "rf_size": ArraySpec((n_units,), "float32", ("unit",), (n_units,), NAN),
+    }
+
+
+def segmentation_spec(n_units: int, k: int, input_hw: tuple[int, int]) -> ArraySpec:
+    """Masks (1 = inside, 0 = outside, 255 = not computed) on the preprocessed input's pixel grid."""
+    return ArraySpec((n_units, k, *input_hw), "uint8", ("unit", "rank", "py", "px"), (1, k, *input_hw), 255)
+
+
+def n_blocks(length: int, block: int) -> int:
+    return math.ceil(length / block) if length else 0

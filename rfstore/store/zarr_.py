@@ -1,0 +1,126 @@
+"""Zarr v3 directory backend (zarr-python 3).
+
+Arrays carry ``dimension_names`` in their metadata, which is what
+``xarray.open_zarr(path, group=...)`` reads. Chunks that hold only the fill
+value are not written by Zarr, so completion is never inferred from chunk
+presence: stages record it explicitly (:mod:`rfstore.stages.progress`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from rfstore.store.base import ArraySpec, Selection, Store, StoreError, split_path, to_json_safe
+
+
+def _fill_for_metadata(spec: ArraySpec) -> Any:
+    if spec.dtype == "str":
+        return ""
+    return np.asarray(spec.fill, dtype=spec.dtype).item()
+
+
+class ZarrStore(Store):
+    """A store in one Zarr v3 directory (``.zarr``)."""
+
+    def __init__(self, path: str | Path, mode: str = "r") -> None:
+        self.path = Path(path)
+        self.mode = mode
+        if mode == "r" and not (self.path / "zarr.json").exists():
+            raise StoreError(f"no Zarr v3 store at {self.path}")
+        try:
+            self._root = zarr.open_group(str(self.path), mode="r" if mode == "r" else "a", zarr_format=3)
+        except Exception as err:  # zarr raises several types for a bad directory
+            raise StoreError(f"cannot open {self.path} as a Zarr v3 store: {err}") from err
+
+    def _node(self, path: str) -> zarr.Group | zarr.Array:
+        path = path.strip("/")
+        return self._root if not path else self._root[path]
+
+    # -- groups and attributes -------------------------------------------------
+    def require_group(self, group: str) -> None:
+        node = self._root
+        for part in [p for p in group.strip("/").split("/") if p]:
+            node = node.require_group(part)
+
+    def has(self, path: str) -> bool:
+        path = path.strip("/")
+        if not path:
+            return True
+        try:
+            self._root[path]
+        except KeyError:
+            return False
+        return True
+
+    def is_array(self, path: str) -> bool:
+        return self.has(path) and isinstance(self._node(path), zarr.Array)
+
+    def children(self, group: str) -> tuple[list[str], list[str]]:
+        node = self._node(group)
+        return sorted(node.group_keys()), sorted(node.array_keys())
+
+    def attrs(self, path: str) -> dict[str, Any]:
+        return dict(self._node(path).attrs.asdict())
+
+    def update_attrs(self, path: str, values: dict[str, Any]) -> None:
+        self._node(path).attrs.update(to_json_safe(values))
+
+    def delete(self, path: str) -> None:
+        if path.strip("/") and self.has(path):
+            parent, name = split_path(path)
+            del self._node(parent)[name]
+
+    # -- arrays ----------------------------------------------------------------
+    def create_array(self, path: str, spec: ArraySpec, data: np.ndarray | None = None) -> None:
+        parent, name = split_path(path)
+        self.require_group(parent)
+        group = self._node(parent)
+        chunks = tuple(max(1, min(c, s)) if s else 1 for c, s in zip(spec.chunks, spec.shape))
+        array = group.create_array(
+            name,
+            shape=spec.shape,
+            dtype=str if spec.dtype == "str" else spec.dtype,
+            chunks=chunks,
+            fill_value=_fill_for_metadata(spec),
+            dimension_names=list(spec.dims),
+            overwrite=True,
+        )
+        array.attrs.update({"rfstore_fill": "NaN" if isinstance(spec.fill, float) and math.isnan(spec.fill) else spec.fill})
+        if data is not None and math.prod(spec.shape):
+            array[...] = data
+
+    def array_spec(self, path: str) -> ArraySpec:
+        node = self._node(path)
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{path} is not an array")
+        fill = node.attrs.get("rfstore_fill", 0)
+        is_str = node.dtype.kind in ("T", "U", "O")
+        return ArraySpec(
+            shape=tuple(node.shape),
+            dtype="str" if is_str else node.dtype.name,
+            dims=tuple(node.metadata.dimension_names or ()),
+            chunks=tuple(node.chunks),
+            fill=float("nan") if fill == "NaN" else fill,
+        )
+
+    def read(self, path: str, selection: Selection = slice(None)) -> np.ndarray:
+        node = self._node(path)
+        values = np.asarray(node[selection])
+        if values.dtype.kind in ("T", "U"):
+            return values.astype(object)
+        return values
+
+    def write(self, path: str, selection: Selection, values: np.ndarray) -> None:
+        if self.mode == "r":
+            raise StoreError(f"{self.path} is open read-only")
+        self._node(path)[selection] = values
+
+    def flush(self) -> None:
+        """Zarr writes each chunk to its own file as it goes; nothing is buffered."""
+
+    def close(self) -> None:
+        """Nothing to release: every write already reached its chunk file."""
