@@ -18,6 +18,15 @@ from rfstore.core.rf_theory import (
 )
 from rfstore.errors import RfstoreError
 
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+
+
+def _opaque_shift(x: torch.Tensor) -> torch.Tensor:
+    return torch.roll(x, 1, dims=3)
+
+
+torch.fx.wrap("_opaque_shift")  # fx records a call to it without looking inside
+
 
 def _model(name: str, **kwargs: object) -> nn.Module:
     """A torchvision model with zero weights, built without the (slow) random initialisation.
@@ -72,29 +81,40 @@ def _probe_units(height: int, width: int) -> list[tuple[int, int]]:
     return list(dict.fromkeys(units))
 
 
+class _Stop(Exception):
+    """Raised by a forward hook to skip the rest of the network."""
+
+
 def _check_gradient_support(model: nn.Module, layers: Sequence[str], size: tuple[int, int]) -> None:
     """Compare the theoretical bounds, clipped to the image, with the gradient support of probe units."""
     rfs = theoretical_receptive_fields(model, layers, size)
     model = _linearise(model).requires_grad_(False)
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(name).register_forward_hook(
-        lambda _m, _i, out, name=name: captured.__setitem__(name, out)) for name in layers]
-    with torch.no_grad():  # one pass to learn the output sizes
-        model(torch.ones(1, 3, *size))
-    probes = [(name, unit) for name in layers for unit in _probe_units(*captured[name].shape[-2:])]
-    image = torch.ones(len(probes), 3, *size, requires_grad=True)
-    model(image)
-    total = sum(captured[name][b, :, y, x].sum() for b, (name, (y, x)) in enumerate(probes))
-    total.backward()
-    for hook in hooks:
+    for name in layers:
+        captured: list[torch.Tensor] = []
+
+        def stop(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            captured.append(output)
+            raise _Stop
+
+        hook = model.get_submodule(name).register_forward_hook(stop)
+        image = torch.ones(3, 3, *size, requires_grad=True)
+        with pytest.raises(_Stop):
+            model(image)
         hook.remove()
-    for b, (name, (y, x)) in enumerate(probes):
-        support = image.grad[b].abs().sum(0) > 0
-        rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
-        measured = ((rows.min().item(), rows.max().item()), (cols.min().item(), cols.max().item()))
-        (y_lo, y_hi), (x_lo, x_hi) = rfs[name].bounds(y, x)
-        expected = ((max(0, y_lo), min(size[0] - 1, y_hi)), (max(0, x_lo), min(size[1] - 1, x_hi)))
-        assert measured == expected, f"{name} unit {(y, x)}: gradient support {measured}, theory {expected}"
+        output = captured[0]
+        probes = _probe_units(*output.shape[-2:])
+        whole = ((0.0, size[0] - 1.0), (0.0, size[1] - 1.0))
+        clipped = [tuple((max(0.0, lo), min(n - 1.0, hi)) for (lo, hi), n in zip(rfs[name].bounds(y, x), size))
+                   for y, x in probes]
+        assert any(c != whole for c in clipped), f"{name}: every probe sees the whole image, nothing to test"
+        sum(output[b, :, y, x].sum() for b, (y, x) in enumerate(probes)).backward()
+        for b, (y, x) in enumerate(probes):
+            support = image.grad[b].abs().sum(0) > 0
+            rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
+            measured = ((rows.min().item(), rows.max().item()), (cols.min().item(), cols.max().item()))
+            (y_lo, y_hi), (x_lo, x_hi) = rfs[name].bounds(y, x)
+            expected = ((max(0, y_lo), min(size[0] - 1, y_hi)), (max(0, x_lo), min(size[1] - 1, x_hi)))
+            assert measured == expected, f"{name} unit {(y, x)}: gradient support {measured}, theory {expected}"
 
 
 class _FunctionalConv(nn.Module):
@@ -106,7 +126,7 @@ class _FunctionalConv(nn.Module):
         self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (0, 1, 2, 0)), self.weight, stride=(1, 2), padding=(0, 1))
+        return F.conv2d(F.pad(x, (0, 1, 1, 0)), self.weight, stride=(1, 2), padding=(0, 1))
 
 
 class _Branches(nn.Module):
@@ -184,6 +204,14 @@ def test_vgg16_matches_published_values() -> None:
     assert rfs["features.30"] == ReceptiveField((212, 212), (32, 32), (15.5, 15.5), "conv")  # pool5
 
 
+def test_inception_v3_matches_published_value() -> None:
+    """1311 in Araujo et al.; exercises functional pools, 1x7/7x1 kernels and concatenations."""
+    model = _model("inception_v3", aux_logits=False, init_weights=False)
+    rfs = theoretical_receptive_fields(model, ["Mixed_7c"], (299, 299))
+    assert rfs["Mixed_7c"].size == (1311, 1311)
+    assert rfs["Mixed_7c"].jump == (32, 32)
+
+
 def test_resnet18_layers() -> None:
     layers = ["conv1", "maxpool", "layer1", "layer2", "layer3", "layer4"]
     rfs = theoretical_receptive_fields(_model("resnet18"), layers, (224, 224))
@@ -249,14 +277,15 @@ def test_gradient_support_vgg16() -> None:
 
 
 def test_gradient_support_resnet18() -> None:
-    layers = ["conv1", "maxpool", "layer1", "layer2.0", "layer3", "layer4"]
+    layers = ["maxpool", "layer1", "layer2.0", "layer3", "layer4"]
     _check_gradient_support(_model("resnet18"), layers, (224, 224))
 
 
 def test_gradient_support_tiny_custom_net() -> None:
     # Not "stem": its y dilation leaves holes, so the first in-image pixel of a border unit's
     # window (row 0) is skipped and the support starts at row 1; the later pool fills the holes.
-    _check_gradient_support(_Tiny().eval(), TINY_LAYERS[1:], (41, 53))
+    # Not "gap" either: a global pool sees the whole image, which leaves nothing to compare.
+    _check_gradient_support(_Tiny().eval(), TINY_LAYERS[1:-1], (41, 53))
 
 
 def test_tiny_custom_net_values() -> None:
@@ -289,6 +318,23 @@ def test_channels_last_detour_is_followed() -> None:
     rfs = theoretical_receptive_fields(Block(), ["fc", "b"], (16, 16))
     assert rfs["fc"] == ReceptiveField((3, 3), (1, 1), (1.0, 1.0), "conv")
     assert rfs["b"] == ReceptiveField((5, 5), (1, 1), (2.0, 2.0), "conv")
+
+
+def test_functional_pools_and_reductions() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool, self.keep, self.drop = nn.Identity(), nn.Identity(), nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.pool(F.max_pool2d(x, (3, 2), stride=2, padding=1, dilation=(2, 1), ceil_mode=True))
+            self.keep(x.mean((2, 3), keepdim=True))
+            return self.drop(torch.softmax(x, dim=1).amax((2, 3)))
+
+    rfs = theoretical_receptive_fields(Functional(), ["pool", "keep", "drop"], (15, 16))
+    assert rfs["pool"] == ReceptiveField((5, 2), (2, 2), (1.0, -0.5), "conv")
+    assert rfs["keep"] == ReceptiveField((17, 18), (14, 18), (7.0, 7.5), "conv")  # 7x9 map pooled to 1x1
+    assert rfs["drop"] == ReceptiveField((15, 16), (15, 16), (7.0, 7.5), "linear")
 
 
 # --------------------------------------------------------------------------- errors
@@ -373,6 +419,19 @@ def test_bad_layer_names(layer: str, fragment: str) -> None:
     model.register_module("unused", nn.Conv2d(3, 3, 1))
     assert theoretical_receptive_fields(model, ["a"], (8, 8))["a"].size == (3, 3)
     _raises(model, layer, (8, 8), fragment)
+
+
+def test_opaque_and_spatial_operations_are_refused() -> None:
+    class Opaque(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return _opaque_shift(x)
+
+    class Attention(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(x, dim=-1)
+
+    _raises(Opaque(), "", (8, 8), "_opaque_shift", "did not trace into")
+    _raises(Attention(), "", (8, 8), "softmax", "spatial dimension")
 
 
 def test_swapped_spatial_axes_are_refused() -> None:

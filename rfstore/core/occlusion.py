@@ -33,15 +33,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from rfstore.core.occlusion_exec import Runner, run_items
-from rfstore.core.occlusion_plan import (
-    Group,
-    Member,
-    full_group,
-    make_member,
-    plan_image,
-    regroup,
-)
+from rfstore.core.occlusion_exec import Runner, guard, min_extent, reference, run_items, unit_values
+from rfstore.core.occlusion_plan import Group, Member, full_group, make_member, plan_image
 
 __all__ = [
     "LayerGeometry",
@@ -191,88 +184,6 @@ def _check_inputs(
     return fill_b
 
 
-def _reference(
-    runner: Runner,
-    images: torch.Tensor,
-    targets: Sequence[OcclusionTarget],
-    linear: Sequence[bool],
-    batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unoccluded activations and per-unit scales (max |map|) on full images."""
-    ref = np.zeros(len(targets), dtype=np.float64)
-    scale = np.zeros(len(targets), dtype=np.float64)
-    img_ids = sorted({t.image for t in targets})
-    by_img: dict[int, list[int]] = {}
-    for i, t in enumerate(targets):
-        by_img.setdefault(t.image, []).append(i)
-    for c in range(0, len(img_ids), batch_size):
-        chunk = img_ids[c : c + batch_size]
-        out = runner(images[chunk], "reference")
-        for row, img in enumerate(chunk):
-            for i in by_img[img]:
-                t = targets[i]
-                act = out[t.layer][row, t.unit]
-                ref[i] = float(act) if linear[i] else float(act[t.y, t.x])
-                scale[i] = float(act.abs().max())
-    return ref, scale
-
-
-def _min_extent(runner: Runner, hw: tuple[int, int]) -> int:
-    """Smallest square side ``e`` (clipped to the image) ``forward`` accepts."""
-    lo, hi = 1, max(hw)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if runner.accepts((min(mid, hw[0]), min(mid, hw[1]))):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _guard(
-    runner: Runner,
-    images: torch.Tensor,
-    groups: list[Group],
-    ref: np.ndarray,
-    scale: np.ndarray,
-    rtol: float,
-    batch_size: int,
-) -> tuple[list[Group], dict[int, list[Member]]]:
-    """Check each cropped member on its unoccluded crop; split off failures."""
-    cropped = [g for g in groups if not g.full]
-    ok: dict[int, bool] = {}
-
-    def consume(out: dict[str, torch.Tensor], gsel: np.ndarray, rows: slice, g: Group) -> None:
-        for m in g.members:
-            uy, ux = g.unit_index(m)
-            act = out[m.target.layer]
-            inside = 0 <= uy < act.shape[-2] and 0 <= ux < act.shape[-1]
-            v = float(act[rows.start, m.target.unit, uy, ux]) if inside else np.inf
-            ok[m.index] = bool(abs(v - ref[m.index]) <= rtol * scale[m.index])
-
-    shapes: dict[tuple[int, int], list[Group]] = {}
-    for g in cropped:
-        shapes.setdefault(g.shape, []).append(g)
-    for gs in shapes.values():
-        gidx = np.arange(len(gs))
-        far = np.full(len(gs), -(10**9), dtype=np.int64)  # window outside: no occlusion
-        run_items(runner, "guard", images, images, gs, gidx, far, far, 1, batch_size, consume)
-
-    kept: list[Group] = []
-    failed: dict[int, list[Member]] = {}
-    for g in groups:
-        if g.full:
-            kept.append(g)
-            continue
-        good = [m for m in g.members if ok[m.index]]
-        for m in g.members:
-            if not ok[m.index]:
-                failed.setdefault(g.image, []).append(m)
-        if good:
-            kept.append(g if len(good) == len(g.members) else regroup(g, good))
-    return kept, failed
-
-
 def discrepancy_maps(
     forward: Forward,
     images: torch.Tensor,
@@ -327,7 +238,7 @@ def discrepancy_maps(
         for i, t in enumerate(targets)
     ]
     with torch.inference_mode():
-        ref, scale = _reference(runner, images, targets, [m.linear for m in members], batch_size)
+        ref, scale = reference(runner, images, targets, [m.linear for m in members], batch_size)
         by_img: dict[int, list[Member]] = {}
         for m in members:
             by_img.setdefault(m.target.image, []).append(m)
@@ -335,21 +246,16 @@ def discrepancy_maps(
             not m.linear and (m.lo[0] > 0 or m.lo[1] > 0 or m.hi[0] < h - 1 or m.hi[1] < w - 1)
             for m in members
         )
-        extent = _min_extent(runner, (h, w)) if probe_needed else max(h, w)
+        extent = min_extent(runner, (h, w)) if probe_needed else max(h, w)
         groups = [g for i, ms in by_img.items() for g in plan_image(i, ms, (h, w), extent)]
-        groups, failed = _guard(runner, images, groups, ref, scale, guard_rtol, batch_size)
+        groups, failed = guard(runner, images, groups, ref, scale, guard_rtol, batch_size)
         groups += [full_group(i, ms, (h, w)) for i, ms in failed.items()]
 
         def consume(out: dict[str, torch.Tensor], flat: np.ndarray, rows: slice, g: Group) -> None:
-            for m in g.members:
-                t = m.target
-                act = out[t.layer][rows, t.unit]
-                if not m.linear:
-                    uy, ux = g.unit_index(m)
-                    act = act[:, uy, ux]
-                vals = ref[m.index] - act.double().cpu().numpy()
+            acts = unit_values(out, g, rows)  # one device->host copy per group and batch
+            for m, act in zip(g.members, acts):
                 sel = m.mask.ravel()[flat]
-                maps[m.index].ravel()[flat[sel]] = vals[sel]
+                maps[m.index].ravel()[flat[sel]] = ref[m.index] - act[sel]
 
         shapes: dict[tuple[int, int], list[Group]] = {}
         for g in groups:
@@ -407,18 +313,15 @@ def naive_discrepancy_maps(
         for i, (t, lin) in enumerate(zip(targets, linear))
     ]
     with torch.inference_mode():
-        ref, _ = _reference(runner, images, targets, linear, batch_size)
+        ref, _ = reference(runner, images, targets, linear, batch_size)
         by_img: dict[int, list[Member]] = {}
         for m in members:
             by_img.setdefault(m.target.image, []).append(m)
         groups = [full_group(i, ms, (h, w)) for i, ms in by_img.items()]
 
         def consume(out: dict[str, torch.Tensor], flat: np.ndarray, rows: slice, g: Group) -> None:
-            for m in g.members:
-                t = m.target
-                act = out[t.layer][rows, t.unit]
-                act = act if m.linear else act[:, t.y, t.x]
-                maps[m.index].ravel()[flat] = ref[m.index] - act.double().cpu().numpy()
+            for m, act in zip(g.members, unit_values(out, g, rows)):
+                maps[m.index].ravel()[flat] = ref[m.index] - act
 
         yy, xx = (a.ravel() for a in np.meshgrid(np.arange(pos_y.size), np.arange(pos_x.size), indexing="ij"))
         for k, g in enumerate(groups):

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from rfstore.core.occlusion_plan import Group
+from rfstore.core.occlusion_plan import Group, Member, regroup
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rfstore.core.occlusion import OcclusionStats
+    from rfstore.core.occlusion import OcclusionStats, OcclusionTarget
 
-__all__ = ["Runner", "run_items"]
+__all__ = ["Runner", "run_items", "reference", "unit_values", "min_extent", "guard"]
 
 _KINDS = ("reference", "guard", "probe", "occluded")
 
@@ -159,3 +159,97 @@ def run_items(
         for k, u in enumerate(uniq):
             rows = slice(bounds[k], bounds[k + 1])
             consume(out, flat[c : c + batch_size][rows], rows, groups[u])
+
+
+def reference(
+    runner: Runner,
+    images: torch.Tensor,
+    targets: Sequence[OcclusionTarget],
+    linear: Sequence[bool],
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unoccluded activations and per-unit scales (max |map|) on full images."""
+    ref = np.zeros(len(targets), dtype=np.float64)
+    scale = np.zeros(len(targets), dtype=np.float64)
+    img_ids = sorted({t.image for t in targets})
+    by_img: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_img.setdefault(t.image, []).append(i)
+    for c in range(0, len(img_ids), batch_size):
+        chunk = img_ids[c : c + batch_size]
+        out = runner(images[chunk], "reference")
+        for row, img in enumerate(chunk):
+            for i in by_img[img]:
+                t = targets[i]
+                act = out[t.layer][row, t.unit]
+                ref[i] = float(act) if linear[i] else float(act[t.y, t.x])
+                scale[i] = float(act.abs().max())
+    return ref, scale
+
+
+def unit_values(out: dict[str, torch.Tensor], g: Group, rows: slice) -> np.ndarray:
+    """Activations of every member of ``g`` on batch rows ``rows``: (M, r) float64."""
+    vals = []
+    for m in g.members:
+        act = out[m.target.layer][rows, m.target.unit]
+        if not m.linear:
+            uy, ux = g.unit_index(m)
+            act = act[:, uy, ux]
+        vals.append(act)
+    return torch.stack(vals).double().cpu().numpy()
+
+
+def min_extent(runner: Runner, hw: tuple[int, int]) -> int:
+    """Smallest square side ``e`` (clipped to the image) ``forward`` accepts."""
+    lo, hi = 1, max(hw)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if runner.accepts((min(mid, hw[0]), min(mid, hw[1]))):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def guard(
+    runner: Runner,
+    images: torch.Tensor,
+    groups: list[Group],
+    ref: np.ndarray,
+    scale: np.ndarray,
+    rtol: float,
+    batch_size: int,
+) -> tuple[list[Group], dict[int, list[Member]]]:
+    """Check each cropped member on its unoccluded crop; split off failures."""
+    cropped = [g for g in groups if not g.full]
+    ok: dict[int, bool] = {}
+
+    def consume(out: dict[str, torch.Tensor], _flat: np.ndarray, rows: slice, g: Group) -> None:
+        for m in g.members:
+            uy, ux = g.unit_index(m)
+            act = out[m.target.layer]
+            inside = 0 <= uy < act.shape[-2] and 0 <= ux < act.shape[-1]
+            v = float(act[rows.start, m.target.unit, uy, ux]) if inside else np.inf
+            ok[m.index] = bool(abs(v - ref[m.index]) <= rtol * scale[m.index])
+
+    shapes: dict[tuple[int, int], list[Group]] = {}
+    for g in cropped:
+        shapes.setdefault(g.shape, []).append(g)
+    for gs in shapes.values():
+        gidx = np.arange(len(gs))
+        far = np.full(len(gs), -(10**9), dtype=np.int64)  # window outside: no occlusion
+        run_items(runner, "guard", images, images, gs, gidx, far, far, 1, batch_size, consume)
+
+    kept: list[Group] = []
+    failed: dict[int, list[Member]] = {}
+    for g in groups:
+        if g.full:
+            kept.append(g)
+            continue
+        good = [m for m in g.members if ok[m.index]]
+        for m in g.members:
+            if not ok[m.index]:
+                failed.setdefault(g.image, []).append(m)
+        if good:
+            kept.append(g if len(good) == len(g.members) else regroup(g, good))
+    return kept, failed

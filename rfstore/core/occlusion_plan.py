@@ -35,6 +35,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+from numpy.typing import ArrayLike
+
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover - import cycle only for type checkers
@@ -96,17 +98,20 @@ def overlap_mask(positions: np.ndarray, size: int, lo: int, hi: int) -> np.ndarr
 
 
 def aligned_crop(
-    lo: int, hi: int, length: int, align: int, min_extent: int
-) -> tuple[int, int]:
+    lo: ArrayLike, hi: ArrayLike, length: int, align: ArrayLike, min_extent: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Crop ``[a, b)`` covering ``[lo, hi]`` with ``a`` a multiple of ``align``.
+
+    Works elementwise on integers or integer arrays (the planner scores many
+    candidate merges at once).
 
     Parameters
     ----------
-    lo, hi : int
+    lo, hi : int or np.ndarray, shape (G,)
         Inclusive RF pixel bounds (unclipped).
     length : int
         Image length along the axis.
-    align : int
+    align : int or np.ndarray, shape (G,)
         Required alignment of ``a`` (the layer's jump, or an lcm of jumps).
     min_extent : int
         Smallest crop length the forward function accepts; the crop is grown
@@ -114,16 +119,15 @@ def aligned_crop(
 
     Returns
     -------
-    (a, b) : tuple of int
-        ``0 <= a < b <= length``.
+    (a, b) : np.ndarray, shape () or (G,), int64
+        ``0 <= a < b <= length`` where ``lo <= length - 1`` and ``hi >= 0``.
     """
-    a = (max(lo, 0) // align) * align
-    b = min(length, max(hi, 0) + 1)
+    lo, hi, align = (np.asarray(v, dtype=np.int64) for v in (lo, hi, align))
+    a = (np.maximum(lo, 0) // align) * align
+    b = np.minimum(length, np.maximum(hi, 0) + 1)
     need = min(min_extent, length)
-    if b - a < need:
-        b = min(length, a + need)
-        if b - a < need:
-            a = max(0, ((length - need) // align) * align)
+    b = np.where(b - a < need, np.minimum(length, a + need), b)
+    a = np.where(b - a < need, np.maximum(0, ((length - need) // align) * align), a)
     return a, b
 
 
@@ -235,26 +239,17 @@ def make_member(
     return Member(index, target, False, jump, (lo_y, lo_x), (hi_y, hi_x), np.outer(my, mx))
 
 
-def _crop_for(
-    members: Sequence[Member], hw: tuple[int, int], min_extent: int
-) -> tuple[int, int, int, int]:
-    """Aligned crop covering every member's RF (lcm of their jumps)."""
-    out: list[int] = []
-    for ax in (0, 1):
-        align = math.lcm(*(m.jump[ax] for m in members))
-        lo = min(m.lo[ax] for m in members)
-        hi = max(m.hi[ax] for m in members)
-        out.extend(aligned_crop(lo, hi, hw[ax], align, min_extent))
-    return out[0], out[1], out[2], out[3]
+def _crops(
+    lo: np.ndarray, hi: np.ndarray, align: np.ndarray, hw: tuple[int, int], min_extent: int
+) -> np.ndarray:
+    """Aligned crops ``(G, 4)`` = ``(y0, y1, x0, x1)`` from bounds/alignments ``(G, 2)``."""
+    y0, y1 = aligned_crop(lo[:, 0], hi[:, 0], hw[0], align[:, 0], min_extent)
+    x0, x1 = aligned_crop(lo[:, 1], hi[:, 1], hw[1], align[:, 1], min_extent)
+    return np.stack([y0, y1, x0, x1], axis=1)
 
 
-def _make_group(
-    image: int, members: list[Member], hw: tuple[int, int], min_extent: int
-) -> Group:
-    crop = _crop_for(members, hw, min_extent)
-    mask = np.logical_or.reduce([m.mask for m in members])
-    full = crop == (0, hw[0], 0, hw[1])
-    return Group(image, members, crop, mask, full)
+def _area(crops: np.ndarray) -> np.ndarray:
+    return (crops[:, 1] - crops[:, 0]) * (crops[:, 3] - crops[:, 2])
 
 
 def plan_image(
@@ -262,10 +257,12 @@ def plan_image(
 ) -> list[Group]:
     """Greedily merge one image's targets into groups sharing forward passes.
 
-    Members are visited by decreasing stand-alone cost; each joins the existing
-    group whose merged cost saves the most (``merged <= separate``), or opens a
-    new group.  Members without any overlapping position are dropped (their
-    maps are all zeros).
+    Members are visited by decreasing stand-alone cost (crop area x positions);
+    each joins the existing group whose merge saves the most
+    (``cost(merged) <= cost(group) + cost(member)``), or opens a new group.  A
+    group's crop covers its members' RFs, aligned to the lcm of their jumps.
+    Members without any overlapping position are dropped (their maps are all
+    zeros).  Candidate merges are scored for all groups at once.
 
     Parameters
     ----------
@@ -282,23 +279,42 @@ def plan_image(
     -------
     list of Group
     """
-    singles = [
-        _make_group(image, [m], hw, min_extent) for m in members if m.mask.any()
+    ms = [m for m in members if m.mask.any()]
+    if not ms:
+        return []
+    lo = np.array([m.lo for m in ms], dtype=np.int64)
+    hi = np.array([m.hi for m in ms], dtype=np.int64)
+    al = np.array([m.jump for m in ms], dtype=np.int64)
+    masks = np.stack([m.mask.ravel() for m in ms])
+    cost = _area(_crops(lo, hi, al, hw, min_extent)) * masks.sum(1)
+    order = np.argsort(-cost, kind="stable")
+    g_lo, g_hi, g_al = lo[order].copy(), hi[order].copy(), al[order].copy()
+    g_mask, g_cost = masks[order].copy(), cost[order].copy()
+    g_members: list[list[Member]] = []
+    n = 0  # groups live in rows [0, n)
+    for k in order:
+        if n:
+            m_lo, m_hi = np.minimum(g_lo[:n], lo[k]), np.maximum(g_hi[:n], hi[k])
+            m_al = np.lcm(g_al[:n], al[k])
+            m_mask = g_mask[:n] | masks[k]
+            m_cost = _area(_crops(m_lo, m_hi, m_al, hw, min_extent)) * m_mask.sum(1)
+            saving = g_cost[:n] + cost[k] - m_cost
+            best = int(np.argmax(saving))
+            if saving[best] >= 0:
+                g_lo[best], g_hi[best], g_al[best] = m_lo[best], m_hi[best], m_al[best]
+                g_mask[best], g_cost[best] = m_mask[best], m_cost[best]
+                g_members[best].append(ms[k])
+                continue
+        g_lo[n], g_hi[n], g_al[n], g_mask[n], g_cost[n] = lo[k], hi[k], al[k], masks[k], cost[k]
+        g_members.append([ms[k]])
+        n += 1
+    crops = _crops(g_lo[:n], g_hi[:n], g_al[:n], hw, min_extent)
+    shape = ms[0].mask.shape
+    return [
+        Group(image, g_members[i], (int(c[0]), int(c[1]), int(c[2]), int(c[3])),
+              g_mask[i].reshape(shape), bool(c[0] == 0 and c[1] == hw[0] and c[2] == 0 and c[3] == hw[1]))
+        for i, c in enumerate(crops)
     ]
-    singles.sort(key=lambda g: -g.cost)
-    groups: list[Group] = []
-    for single in singles:
-        best: tuple[int, int, Group] | None = None
-        for gi, g in enumerate(groups):
-            merged = _make_group(image, g.members + single.members, hw, min_extent)
-            saving = g.cost + single.cost - merged.cost
-            if saving >= 0 and (best is None or saving > best[0]):
-                best = (saving, gi, merged)
-        if best is None:
-            groups.append(single)
-        else:
-            groups[best[1]] = best[2]
-    return groups
 
 
 def regroup(group: Group, keep: list[Member]) -> Group:

@@ -64,12 +64,24 @@ class ReceptiveField:
     kind : str
         ``"conv"`` for a spatial map, ``"linear"`` for a vector output, whose
         every element sees the whole input (indices are then ignored).
+
+    Notes
+    -----
+    This is the theoretical field: the extent of the windows, padding
+    included. Clipped to the image it is exactly the set of rows and columns
+    a unit depends on, except that dilation can leave holes (also at its
+    ends, inside the image) and a unit computed from padding alone depends
+    on no pixel at all.
     """
 
     size: tuple[int, int]
     jump: tuple[int, int]
     start: tuple[float, float]
     kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("conv", "linear"):
+            raise ValueError(f"kind must be 'conv' or 'linear', got {self.kind!r}")
 
     def centre(self, y: int, x: int) -> tuple[float, float]:
         """Centre of unit ``(y, x)`` in input pixel coordinates."""
@@ -135,12 +147,8 @@ _FUNCTIONS: dict[Any, tuple[str, tuple[str, ...]]] = {
     F.adaptive_avg_pool2d: ("adaptive", ()),
     F.adaptive_max_pool2d: ("adaptive", ()),
     F.adaptive_max_pool2d_with_indices: ("adaptive", ()),
-    torch.mean: ("adaptive", ()),
-    torch.sum: ("adaptive", ()),
-    torch.amax: ("adaptive", ()),
-    torch.amin: ("adaptive", ()),
 }
-_REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
 _PERMUTATIONS = {"transpose", "swapaxes", "swapdims", "permute", torch.transpose, torch.swapaxes, torch.permute}
 _UNSUPPORTED_MODULES = (
     nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Conv1d, nn.Conv3d,
@@ -282,7 +290,7 @@ def _spatial_op(node: torch.fx.Node, module: nn.Module | None, state: _Map, in_h
     if module is not None:
         return None
     if node.op == "call_method":
-        return _adaptive(state, in_hw, out_hw) if node.target in _REDUCTION_METHODS else None
+        return None
     kind, names = _FUNCTIONS.get(node.target, ("", ()))
     if kind == "adaptive":
         return _adaptive(state, in_hw, out_hw)
@@ -301,6 +309,21 @@ def _spatial_op(node: torch.fx.Node, module: nn.Module | None, state: _Map, in_h
         return _pool(state, bound["kernel_size"], bound.get("stride"), bound.get("padding", 0),
                      bound.get("dilation", 1), bound.get("ceil_mode", False), in_hw, out_hw)
     return None
+
+
+def _reduction(node: torch.fx.Node, state: _Map, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Map:
+    """A sum, mean, amax or amin: a pool over the whole of each reduced spatial axis."""
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    dims = list(range(len(in_shape))) if dims is None else [dims] if isinstance(dims, int) else list(dims)
+    if any(not isinstance(d, int) for d in dims) or not isinstance(keep, bool):
+        raise ReceptiveFieldError("its dimensions are computed at run time")
+    if not keep:
+        if any(d % len(in_shape) >= len(in_shape) + min(state.dims) for d in dims):
+            raise ReceptiveFieldError("it drops a spatial dimension, or one behind them, without keepdim")
+        return state
+    in_hw, out_hw = _hw(in_shape, state.dims), _hw(out_shape, state.dims)
+    return _adaptive(state, in_hw, out_hw) if in_hw and out_hw else state
 
 
 def _permute(node: torch.fx.Node, state: _Map, ndim: int) -> _Map:
@@ -371,6 +394,8 @@ def _propagate(node: torch.fx.Node, states: Mapping[torch.fx.Node, _State],
         ndim = len(_tensor_shapes(source)[0])
         if module is None and node.target in _PERMUTATIONS and len(out_shapes[0]) == ndim:
             return _permute(node, state, ndim)
+        if module is None and node.target in _REDUCTIONS:
+            return _reduction(node, state, _tensor_shapes(source)[0], out_shapes[0])
         in_hw, out_hw = _hw(_tensor_shapes(source)[0], state.dims), _hw(out_shapes[0], state.dims)
         if in_hw is not None and out_hw is not None:
             result = _spatial_op(node, module, state, in_hw, out_hw)
@@ -401,6 +426,7 @@ def _propagate(node: torch.fx.Node, states: Mapping[torch.fx.Node, _State],
         hi = max(s.axes[i].lo + s.axes[i].size - 1 for _, s in maps)
         axes.append(_Axis(lo, hi - lo + 1, first[i].jump))
     return _Map((axes[0], axes[1]), dims)
+
 
 # --------------------------------------------------------------------------- tracing
 

@@ -5,7 +5,7 @@ Writes, per layer: ``act_max``, ``act_mean``, ``act_y``, ``act_x`` (image, unit)
 ``act_map`` (image, unit, map_y, map_x) in float16 for the layers given with ``--maps``;
 ``/{network}/image_error`` (image): why an image could not be read ("" if it was).
 
-The images are streamed in blocks of :data:`~rfstore.store.layout.IMAGE_BLOCK`
+The images are streamed in blocks of :data:`~rfstore.store.layout.IMAGE_BLOCK` images
 (one chunk along ``image``); a block's arrays are written, flushed and only then
 flagged done, so a killed run redoes at most the block in flight and memory
 stays flat whatever the dataset's size.
@@ -27,7 +27,8 @@ from rfstore.models import FeatureExtractor
 from rfstore.stages.context import NetworkContext
 from rfstore.stages.devices import resolve_device
 from rfstore.stages.progress import Plan, StageProgress, fingerprint
-from rfstore.store.layout import IMAGE_BLOCK, activation_map_spec, activation_specs, layer_group, n_blocks
+from rfstore.store import layout
+from rfstore.store.layout import activation_map_spec, activation_specs, image_specs, layer_group, n_blocks
 
 STAGE_VERSION = 1
 QUANTITIES = ("act_max", "act_mean", "act_y", "act_x")
@@ -75,8 +76,9 @@ class _BlockBuffer:
         return self.filled == self.stop - self.start
 
 
-def _blocks(todo: np.ndarray, n_images: int) -> list[tuple[int, int, int]]:
-    return [(int(b), int(b) * IMAGE_BLOCK, min(n_images, (int(b) + 1) * IMAGE_BLOCK)) for b in todo]
+def _blocks(todo: np.ndarray, n_images: int, block: int) -> list[tuple[int, int, int]]:
+    """(block id, first image, stop) of each block still to do."""
+    return [(int(b), int(b) * block, min(n_images, (int(b) + 1) * block)) for b in todo]
 
 
 def default_workers() -> int:
@@ -90,8 +92,11 @@ def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool 
     maps = ctx.check_layers(list(config.maps)) if config.maps else []
     tracker = StageProgress(store, network, "activations")
     fp = fingerprint("activations", STAGE_VERSION, config.params(), [ctx.attrs["init_fingerprint"]])
-    total_blocks = n_blocks(ctx.n_images, IMAGE_BLOCK)
-    plan = tracker.begin(config.params(), fp, total_blocks, force)
+    record = tracker.record()
+    fresh = force or record is None or record.fingerprint != fp
+    # a run in progress keeps the block size it started with; a fresh one takes the current default
+    block = layout.IMAGE_BLOCK if fresh else store.array_spec(f"{network}/image_error").chunks[0]
+    plan = tracker.begin(config.params(), fp, n_blocks(ctx.n_images, block), force)
     result = ActivationsResult(plan)
     if plan is Plan.SKIP:
         result.unreadable = unreadable_images(ctx)
@@ -104,15 +109,15 @@ def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool 
             raise RfstoreError(f"--maps {layer}: a linear layer has no activation map")
     if plan is Plan.FRESH:
         for layer, n_units in units.items():
-            for name, spec in activation_specs(ctx.n_images, n_units).items():
+            for name, spec in activation_specs(ctx.n_images, n_units, block).items():
                 store.create_array(f"{layer_group(network, layer)}/{name}", spec)
             if layer in maps:
                 store.create_array(f"{layer_group(network, layer)}/act_map",
-                                   activation_map_spec(ctx.n_images, n_units, map_shapes[layer]))
-        store.create_array(f"{network}/image_error", store.array_spec(f"{network}/image_error"))
+                                   activation_map_spec(ctx.n_images, n_units, map_shapes[layer], block))
+        store.create_array(f"{network}/image_error", image_specs(ctx.n_images, block)["image_error"])
 
     todo = np.flatnonzero(~tracker.done_mask())
-    blocks = _blocks(todo, ctx.n_images)
+    blocks = _blocks(todo, ctx.n_images, block)
     indices = [i for _, start, stop in blocks for i in range(start, stop)]
     if indices:
         _stream(ctx, config, tracker, blocks, indices, units, map_shapes, progress)

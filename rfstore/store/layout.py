@@ -21,6 +21,7 @@ group, so each group opens on its own as an :class:`xarray.Dataset`.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -30,8 +31,9 @@ SCHEMA_VERSION = 1
 NAN = float("nan")
 
 #: images per chunk along the ``image`` axis: the activations stage writes and
-#: checkpoints one such block of images at a time.
-IMAGE_BLOCK = 1024
+#: checkpoints one such block of images at a time (``RFSTORE_IMAGE_BLOCK`` overrides
+#: it for stores created afterwards; an existing store keeps its own).
+IMAGE_BLOCK = int(os.environ.get("RFSTORE_IMAGE_BLOCK", "1024"))
 #: units per chunk along the ``unit`` axis of per-image arrays.
 UNIT_BLOCK = 512
 #: bookkeeping group of each network (hidden from xarray's view of the layer groups).
@@ -64,19 +66,20 @@ def write_coordinate(store: Store, group: str, dim: str, values: np.ndarray) -> 
 
 
 # -- per-network arrays ------------------------------------------------------------
-def image_specs(n_images: int) -> dict[str, ArraySpec]:
+def image_specs(n_images: int, image_block: int | None = None) -> dict[str, ArraySpec]:
+    """Per-image arrays; ``image_error``'s chunk is the activations stage's block of images."""
     chunk = (min(max(n_images, 1), 65536),)
     return {
         "image_path": ArraySpec((n_images,), "str", ("image",), chunk, ""),
         "image_label": ArraySpec((n_images,), "int64", ("image",), chunk, -1),
-        "image_error": ArraySpec((n_images,), "str", ("image",), (IMAGE_BLOCK,), ""),
+        "image_error": ArraySpec((n_images,), "str", ("image",), (image_block or IMAGE_BLOCK,), ""),
     }
 
 
 # -- per-layer arrays --------------------------------------------------------------
-def activation_specs(n_images: int, n_units: int) -> dict[str, ArraySpec]:
+def activation_specs(n_images: int, n_units: int, image_block: int) -> dict[str, ArraySpec]:
     shape = (n_images, n_units)
-    chunks = (IMAGE_BLOCK, UNIT_BLOCK)
+    chunks = (image_block, UNIT_BLOCK)
     dims = ("image", "unit")
     return {
         "act_max": ArraySpec(shape, "float32", dims, chunks, NAN),
@@ -86,10 +89,10 @@ def activation_specs(n_images: int, n_units: int) -> dict[str, ArraySpec]:
     }
 
 
-def activation_map_spec(n_images: int, n_units: int, map_hw: tuple[int, int]) -> ArraySpec:
-    """Full activation maps in float16, chunked a few images by all units (about 1-4 MB)."""
+def activation_map_spec(n_images: int, n_units: int, map_hw: tuple[int, int], image_block: int) -> ArraySpec:
+    """Full activation maps in float16, chunked a few images by all units (about 2 MB)."""
     per_image = n_units * map_hw[0] * map_hw[1] * 2
-    images_per_chunk = max(1, min(IMAGE_BLOCK, (2 << 20) // max(per_image, 1)))
+    images_per_chunk = max(1, min(image_block, (2 << 20) // max(per_image, 1)))
     return ArraySpec(
         (n_images, n_units, *map_hw), "float16", ("image", "unit", "map_y", "map_x"),
         (images_per_chunk, n_units, *map_hw), NAN,

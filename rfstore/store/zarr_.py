@@ -79,6 +79,8 @@ class ZarrStore(Store):
         parent, name = split_path(path)
         self.require_group(parent)
         group = self._node(parent)
+        if spec.dims != (name,):
+            self._require_dimensions(parent, spec)
         chunks = tuple(max(1, min(c, s)) if s else 1 for c, s in zip(spec.chunks, spec.shape))
         array = group.create_array(
             name,
@@ -92,6 +94,17 @@ class ZarrStore(Store):
         array.attrs.update({"rfstore_fill": "NaN" if isinstance(spec.fill, float) and math.isnan(spec.fill) else spec.fill})
         if data is not None and math.prod(spec.shape):
             array[...] = data
+
+    def _require_dimensions(self, group: str, spec: ArraySpec) -> None:
+        """Give every dimension a coordinate array (0..n-1) if the group has none, as the HDF5 backend must."""
+        for dim, length in zip(spec.dims, spec.shape):
+            path = f"{group}/{dim}" if group else dim
+            if not self.has(path):
+                self.create_array(path, ArraySpec((length,), "int64", (dim,), (max(length, 1),), 0),
+                                  data=np.arange(length, dtype=np.int64))
+            elif self.array_spec(path).shape != (length,):
+                raise StoreError(f"dimension {dim!r} of {group}/{spec.dims} has length {length}, "
+                                 f"but {path} has {self.array_spec(path).shape[0]}")
 
     def array_spec(self, path: str) -> ArraySpec:
         node = self._node(path)

@@ -1,0 +1,43 @@
+"""Tiny networks with hand-set weights, loadable as ``--model tests/tiny_nets.py:NAME``.
+
+``hand_cnn`` (for 8x8 inputs): Conv2d(3, 2, 3, padding=1) -> ReLU -> MaxPool2d(2) -> Conv2d(2, 1, 3)
+-> ReLU -> Flatten -> Linear(4, 2).
+Unit 0 of the first conv sums the 3x3x3 window (all weights 1, bias 0); unit 1 is the
+centre red pixel minus the centre blue pixel (bias -0.1). The second conv sums the 2x3x3
+window of pooled maps, weights 0.5. The linear layer's unit 0 sums the 2x2 map, unit 1
+is its first minus its last value. Every number in tests can be worked out on paper.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def hand_cnn() -> nn.Module:
+    conv1 = nn.Conv2d(3, 2, 3, padding=1)
+    conv2 = nn.Conv2d(2, 1, 3)
+    linear = nn.Linear(4, 2)
+    with torch.no_grad():
+        conv1.weight.zero_()
+        conv1.weight[0] = 1.0
+        conv1.weight[1, 0, 1, 1] = 1.0
+        conv1.weight[1, 2, 1, 1] = -1.0
+        conv1.bias.copy_(torch.tensor([0.0, -0.1]))
+        conv2.weight.fill_(0.5)
+        conv2.bias.zero_()
+        linear.weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, -1.0]]))
+        linear.bias.zero_()
+    model = nn.Sequential(
+        conv1, nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        conv2, nn.ReLU(inplace=True),
+        nn.Flatten(), linear,
+    )
+    return model.eval()
+
+
+def box_filter() -> nn.Module:
+    """One 3x3 conv, all weights 1 over the 3 channels, no bias, no padding: the simplest RF (3x3)."""
+    conv = nn.Conv2d(3, 1, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    return nn.Sequential(conv, nn.ReLU()).eval()
