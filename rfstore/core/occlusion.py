@@ -33,7 +33,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from rfstore.core.occlusion_exec import Runner, guard, min_extent, reference, run_items, unit_values
+from rfstore.core.occlusion_exec import (
+    Consumer,
+    Runner,
+    evaluate_groups,
+    guard,
+    min_extent,
+    reference,
+    unit_values,
+)
 from rfstore.core.occlusion_plan import Group, Member, full_group, make_member, plan_image
 
 __all__ = [
@@ -184,6 +192,18 @@ def _check_inputs(
     return fill_b
 
 
+def _writer(maps: np.ndarray, ref: np.ndarray) -> Consumer:
+    """Consumer writing ``ref - act`` into ``maps`` at each member's own positions."""
+
+    def consume(out: dict[str, torch.Tensor], flat: np.ndarray, rows: slice, g: Group) -> None:
+        acts = unit_values(out, g, rows)  # one device->host copy per group and batch
+        for m, act in zip(g.members, acts):
+            sel = m.mask.ravel()[flat]
+            maps[m.index].ravel()[flat[sel]] = ref[m.index] - act[sel]
+
+    return consume
+
+
 def discrepancy_maps(
     forward: Forward,
     images: torch.Tensor,
@@ -229,7 +249,7 @@ def discrepancy_maps(
     stats : OcclusionStats
     """
     fill_b = _check_inputs(images, fill, targets)
-    n, _, h, w = images.shape
+    h, w = images.shape[-2:]
     pos_y, pos_x = occluder_positions(h, size, stride), occluder_positions(w, size, stride)
     maps = np.zeros((len(targets), pos_y.size, pos_x.size), dtype=np.float32)
     runner = Runner(forward, torch.device(device), dtype)
@@ -238,7 +258,10 @@ def discrepancy_maps(
         for i, t in enumerate(targets)
     ]
     with torch.inference_mode():
-        ref, scale = reference(runner, images, targets, [m.linear for m in members], batch_size)
+        ref, scale, linear = reference(runner, images, targets, batch_size)
+        for m in members:
+            if m.linear != linear[m.index]:
+                raise ValueError(f"{m.target.layer!r}: geometry kind disagrees with output rank")
         by_img: dict[int, list[Member]] = {}
         for m in members:
             by_img.setdefault(m.target.image, []).append(m)
@@ -246,33 +269,13 @@ def discrepancy_maps(
             not m.linear and (m.lo[0] > 0 or m.lo[1] > 0 or m.hi[0] < h - 1 or m.hi[1] < w - 1)
             for m in members
         )
-        extent = min_extent(runner, (h, w)) if probe_needed else max(h, w)
+        extent = min_extent(runner, (h, w), images.shape[1]) if probe_needed else max(h, w)
         groups = [g for i, ms in by_img.items() for g in plan_image(i, ms, (h, w), extent)]
         groups, failed = guard(runner, images, groups, ref, scale, guard_rtol, batch_size)
         groups += [full_group(i, ms, (h, w)) for i, ms in failed.items()]
-
-        def consume(out: dict[str, torch.Tensor], flat: np.ndarray, rows: slice, g: Group) -> None:
-            acts = unit_values(out, g, rows)  # one device->host copy per group and batch
-            for m, act in zip(g.members, acts):
-                sel = m.mask.ravel()[flat]
-                maps[m.index].ravel()[flat[sel]] = ref[m.index] - act[sel]
-
-        shapes: dict[tuple[int, int], list[Group]] = {}
-        for g in groups:
-            shapes.setdefault(g.shape, []).append(g)
-        for gs in shapes.values():
-            gidx, iy, ix = [], [], []
-            for k, g in enumerate(gs):
-                yy, xx = np.nonzero(g.mask)
-                gidx.append(np.full(yy.size, k, dtype=np.int64))
-                iy.append(yy)
-                ix.append(xx)
-            gi, yy, xx = np.concatenate(gidx), np.concatenate(iy), np.concatenate(ix)
-            run_items(
-                runner, "occluded", images, fill_b, gs, gi, pos_y[yy], pos_x[xx], size,
-                batch_size, consume, flat=yy * pos_x.size + xx,
-            )
-    stats = runner.stats(
+        evaluate_groups(runner, images, fill_b, groups, pos_y, pos_x, size, batch_size, _writer(maps, ref))
+    stats = OcclusionStats(
+        **runner.counters(),
         n_targets=len(targets),
         n_positions=pos_y.size * pos_x.size,
         image_pixels=h * w,
@@ -294,42 +297,30 @@ def naive_discrepancy_maps(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    linear_layers: Sequence[str] = (),
 ) -> tuple[np.ndarray, OcclusionStats]:
     """Reference: every occluded full image through ``forward`` (no skipping, no crops).
 
-    Targets of one image share each forward pass.  Same parameters and outputs
-    as :func:`discrepancy_maps`; ``linear_layers`` names layers whose output is
-    ``(B, C)``.  Positions outside the RF come out as computed (normally 0).
+    Targets of one image share each forward pass; batches span images.  Same
+    parameters and outputs as :func:`discrepancy_maps` (no geometry: outputs of
+    shape (B, C) are read as linear features).  Positions outside the RF come
+    out as computed (normally exactly 0).
     """
     fill_b = _check_inputs(images, fill, targets)
-    n, _, h, w = images.shape
+    h, w = images.shape[-2:]
     pos_y, pos_x = occluder_positions(h, size, stride), occluder_positions(w, size, stride)
     maps = np.zeros((len(targets), pos_y.size, pos_x.size), dtype=np.float32)
     runner = Runner(forward, torch.device(device), dtype)
-    linear = [t.layer in linear_layers for t in targets]
-    members = [
-        Member(i, t, lin, (1, 1), (0, 0), (h - 1, w - 1), np.ones((pos_y.size, pos_x.size), bool))
-        for i, (t, lin) in enumerate(zip(targets, linear))
-    ]
     with torch.inference_mode():
-        ref, _ = reference(runner, images, targets, linear, batch_size)
+        ref, _, linear = reference(runner, images, targets, batch_size)
         by_img: dict[int, list[Member]] = {}
-        for m in members:
-            by_img.setdefault(m.target.image, []).append(m)
+        for i, t in enumerate(targets):
+            every = np.ones((pos_y.size, pos_x.size), dtype=bool)
+            m = Member(i, t, bool(linear[i]), (1, 1), (0, 0), (h - 1, w - 1), every)
+            by_img.setdefault(t.image, []).append(m)
         groups = [full_group(i, ms, (h, w)) for i, ms in by_img.items()]
-
-        def consume(out: dict[str, torch.Tensor], flat: np.ndarray, rows: slice, g: Group) -> None:
-            for m, act in zip(g.members, unit_values(out, g, rows)):
-                maps[m.index].ravel()[flat] = ref[m.index] - act
-
-        yy, xx = (a.ravel() for a in np.meshgrid(np.arange(pos_y.size), np.arange(pos_x.size), indexing="ij"))
-        for k, g in enumerate(groups):
-            run_items(
-                runner, "occluded", images, fill_b, [g], np.zeros(yy.size, np.int64),
-                pos_y[yy], pos_x[xx], size, batch_size, consume, flat=yy * pos_x.size + xx,
-            )
-    stats = runner.stats(
+        evaluate_groups(runner, images, fill_b, groups, pos_y, pos_x, size, batch_size, _writer(maps, ref))
+    stats = OcclusionStats(
+        **runner.counters(),
         n_targets=len(targets), n_positions=pos_y.size * pos_x.size, image_pixels=h * w,
         positions_skipped=0, fallbacks=0, groups=len(groups), min_crop_extent=max(h, w),
     )

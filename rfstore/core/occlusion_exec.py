@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -10,9 +10,12 @@ import torch
 from rfstore.core.occlusion_plan import Group, Member, regroup
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rfstore.core.occlusion import OcclusionStats, OcclusionTarget
+    from rfstore.core.occlusion import OcclusionTarget
 
-__all__ = ["Runner", "run_items", "reference", "unit_values", "min_extent", "guard"]
+__all__ = ["Consumer", "Runner", "run_items", "evaluate_groups", "reference", "unit_values", "min_extent", "guard"]
+
+Consumer = Callable[[dict[str, torch.Tensor], np.ndarray, slice, Group], None]
+"""``consume(outputs, payload[rows], rows, group)``: reads one group's rows of a batch."""
 
 _KINDS = ("reference", "guard", "probe", "occluded")
 
@@ -72,21 +75,18 @@ class Runner:
             return False
         return True
 
-    def stats(self, **fields: Any) -> "OcclusionStats":
-        """Freeze the counters into an :class:`OcclusionStats`."""
-        from rfstore.core.occlusion import OcclusionStats
-
-        return OcclusionStats(
-            forward_calls=self.calls,
-            occluded_inputs=self.inputs["occluded"],
-            occluded_pixels=self.kind_pixels["occluded"],
-            reference_inputs=self.inputs["reference"],
-            guard_inputs=self.inputs["guard"],
-            probe_inputs=self.inputs["probe"],
-            padded_inputs=self.padded,
-            input_pixels=self.pixels,
-            **fields,
-        )
+    def counters(self) -> dict[str, int]:
+        """Work counters, named as the fields of ``OcclusionStats``."""
+        return {
+            "forward_calls": self.calls,
+            "occluded_inputs": self.inputs["occluded"],
+            "occluded_pixels": self.kind_pixels["occluded"],
+            "reference_inputs": self.inputs["reference"],
+            "guard_inputs": self.inputs["guard"],
+            "probe_inputs": self.inputs["probe"],
+            "padded_inputs": self.padded,
+            "input_pixels": self.pixels,
+        }
 
 
 def run_items(
@@ -100,7 +100,7 @@ def run_items(
     ox: np.ndarray,
     size: int,
     batch_size: int,
-    consume: Callable[[dict[str, torch.Tensor], np.ndarray, slice, Group], None],
+    consume: Consumer,
     flat: np.ndarray | None = None,
 ) -> None:
     """Evaluate occluded crops of equal-shape groups in batches of ``batch_size``.
@@ -161,16 +161,61 @@ def run_items(
             consume(out, flat[c : c + batch_size][rows], rows, groups[u])
 
 
+def evaluate_groups(
+    runner: Runner,
+    images: torch.Tensor,
+    fill: torch.Tensor,
+    groups: Sequence[Group],
+    pos_y: np.ndarray,
+    pos_x: np.ndarray,
+    size: int,
+    batch_size: int,
+    consume: Consumer,
+) -> None:
+    """Every group at every position of its mask; equal crop shapes share batches.
+
+    Parameters
+    ----------
+    runner : Runner
+    images, fill : torch.Tensor, shape (N, C, H, W)
+    groups : sequence of Group
+    pos_y, pos_x : np.ndarray, shapes (n_oy,), (n_ox,)
+        Occluder positions.
+    size, batch_size : int
+    consume : Consumer
+        Receives flat position indices ``iy * n_ox + ix`` as payload.
+    """
+    shapes: dict[tuple[int, int], list[Group]] = {}
+    for g in groups:
+        shapes.setdefault(g.shape, []).append(g)
+    for gs in shapes.values():
+        nz = [np.nonzero(g.mask.ravel())[0] for g in gs]
+        gidx = np.repeat(np.arange(len(gs)), [f.size for f in nz])
+        flat = np.concatenate(nz)
+        oy, ox = pos_y[flat // pos_x.size], pos_x[flat % pos_x.size]
+        run_items(runner, "occluded", images, fill, gs, gidx, oy, ox, size, batch_size, consume, flat)
+
+
 def reference(
     runner: Runner,
     images: torch.Tensor,
     targets: Sequence[OcclusionTarget],
-    linear: Sequence[bool],
     batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unoccluded activations and per-unit scales (max |map|) on full images."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unoccluded full-image activations of the targets.
+
+    Returns
+    -------
+    ref : np.ndarray, shape (T,), float64
+        Activation at the target's location (or of the feature, for (B, C) outputs).
+    scale : np.ndarray, shape (T,), float64
+        max |activation| over the unit's map (|activation| for (B, C) outputs).
+    linear : np.ndarray, shape (T,), bool
+        Whether the layer's output is (B, C).
+    """
     ref = np.zeros(len(targets), dtype=np.float64)
     scale = np.zeros(len(targets), dtype=np.float64)
+    linear = np.zeros(len(targets), dtype=bool)
     img_ids = sorted({t.image for t in targets})
     by_img: dict[int, list[int]] = {}
     for i, t in enumerate(targets):
@@ -182,9 +227,10 @@ def reference(
             for i in by_img[img]:
                 t = targets[i]
                 act = out[t.layer][row, t.unit]
+                linear[i] = act.ndim == 0
                 ref[i] = float(act) if linear[i] else float(act[t.y, t.x])
                 scale[i] = float(act.abs().max())
-    return ref, scale
+    return ref, scale, linear
 
 
 def unit_values(out: dict[str, torch.Tensor], g: Group, rows: slice) -> np.ndarray:
@@ -199,12 +245,16 @@ def unit_values(out: dict[str, torch.Tensor], g: Group, rows: slice) -> np.ndarr
     return torch.stack(vals).double().cpu().numpy()
 
 
-def min_extent(runner: Runner, hw: tuple[int, int]) -> int:
-    """Smallest square side ``e`` (clipped to the image) ``forward`` accepts."""
+def min_extent(runner: Runner, hw: tuple[int, int], channels: int) -> int:
+    """Smallest side ``e`` such that ``forward`` accepts ``(min(e, H), min(e, W))`` inputs.
+
+    Binary search; output sizes of conv/pool layers grow with the input, so
+    acceptance is monotone in ``e``.
+    """
     lo, hi = 1, max(hw)
     while lo < hi:
         mid = (lo + hi) // 2
-        if runner.accepts((min(mid, hw[0]), min(mid, hw[1]))):
+        if runner.accepts((min(mid, hw[0]), min(mid, hw[1])), channels):
             hi = mid
         else:
             lo = mid + 1

@@ -501,9 +501,9 @@ def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str], input_
         exactly once, or a layer depends on an operation whose receptive field
         is not exact (named in the message).
     """
-    height, width = (int(v) for v in input_size)
-    if height < 1 or width < 1:
-        raise ReceptiveFieldError(f"input_size must be two positive integers, got {input_size!r}")
+    if len(input_size) != 2 or any(int(v) != v or v < 1 for v in input_size):
+        raise ReceptiveFieldError(f"input_size must be two positive integers (H, W), got {input_size!r}")
+    height, width = int(input_size[0]), int(input_size[1])
     known = dict(model.named_modules(remove_duplicate=False))
     for name in layers:
         if name not in known:
@@ -534,9 +534,11 @@ def theoretical_receptive_fields(model: nn.Module, layers: Sequence[str], input_
     for name in layers:
         label = f"layer '{name}'" if name else "the model output"
         calls = outputs.get(known[name], [])
-        if len(calls) != 1:
-            how = "never called" if not calls else f"called {len(calls)} times"
-            raise ReceptiveFieldError(f"{label} is {how} in the forward pass, so its output is ambiguous")
+        if not calls:
+            raise ReceptiveFieldError(f"{label} is never called in the forward pass (in eval mode)")
+        if len(calls) > 1:
+            raise ReceptiveFieldError(f"{label} is called {len(calls)} times in the forward pass, "
+                                      f"so its output is ambiguous")
         state = states.get(calls[0]) if calls[0] is not None else None
         if isinstance(state, _Failure):
             raise ReceptiveFieldError(f"cannot compute the receptive field of {label}: {state.message}")

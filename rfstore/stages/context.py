@@ -11,15 +11,18 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from rfstore.datasets import Preprocessing
 from rfstore.errors import MissingInputError, RfstoreError
-from rfstore.models import LoadedModel, ModelSpec, load_model
 from rfstore.store import Store
+
+if TYPE_CHECKING:  # torch and torchvision load in seconds: only stages that compute import them
+    import torch
+
+    from rfstore.datasets import Preprocessing
+    from rfstore.models import LoadedModel, ModelSpec
 from rfstore.store.layout import INTERNAL, SCHEMA_VERSION, layer_group, network_group
 
 
@@ -59,10 +62,14 @@ class NetworkContext:
 
     @property
     def model_spec(self) -> ModelSpec:
+        from rfstore.models import ModelSpec
+
         return ModelSpec.from_dict(self.attrs["model"])
 
     @property
     def preprocessing(self) -> Preprocessing:
+        from rfstore.datasets import Preprocessing
+
         return Preprocessing.from_dict(self.attrs["preprocessing"])
 
     @property
@@ -103,6 +110,8 @@ class NetworkContext:
 
     def load_model(self) -> LoadedModel:
         """Rebuild the recorded model and check its parameters are bit-identical to init's."""
+        from rfstore.models import load_model
+
         loaded = load_model(self.model_spec)
         recorded = self.attrs.get("parameters_sha256")
         actual = parameters_digest(loaded.module)
@@ -116,6 +125,8 @@ class NetworkContext:
 
 def parameters_digest(module: torch.nn.Module) -> str:
     """sha256 of every parameter and buffer (names, shapes, bytes), in state_dict order."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -130,6 +141,8 @@ def internal_group(network: str) -> str:
 
 def load_images(ctx: NetworkContext, image_ids: list[int]) -> torch.Tensor:
     """``(len(image_ids), 3, H, W)`` preprocessed images, read again from the dataset."""
+    import torch
+
     from rfstore.datasets import load_rgb
 
     paths = ctx.image_paths()

@@ -15,6 +15,7 @@ only, so results do not depend on grouping, batch size or resumption.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -175,8 +176,8 @@ def _compute(ctx: NetworkContext, config: OccludeConfig, work: list[tuple[str, i
             fill = torch.stack([occluder_fill(config, images[n], i, preprocessing) for n, i in enumerate(image_ids)])
             maps, stats = discrepancy_maps(extractor, images, fill, targets, geometry, size=config.size,
                                            stride=config.stride, batch_size=config.batch_size, device=device)
-            for key, value in vars(stats).items() if hasattr(stats, "__dict__") else []:
-                if isinstance(value, (int, float)):
+            for key, value in dataclasses.asdict(stats).items():
+                if key not in ("image_pixels", "n_positions", "min_crop_extent"):
                     totals[key] = totals.get(key, 0) + value
         for layer, unit in group:
             k = int(ctx.layer_attrs(layer)["topk_k"])

@@ -43,18 +43,18 @@ def format_status(store: Store, network: str | None = None) -> str:
 def _network_status(ctx: NetworkContext) -> list[str]:
     attrs = ctx.attrs
     lines = [
-        f"network {ctx.network}: {attrs['model_spec']} (weights {ctx.model_spec.weights or 'default'}), "
+        f"network {ctx.network}: {attrs['model_spec']} ({_weights(attrs['model'])}), "
         f"input {attrs['input_size'][0]}x{attrs['input_size'][1]}",
         f"  images: {ctx.n_images} from {attrs['dataset_root']} ({len(attrs.get('classes', []))} classes)",
         f"  activations: {stage_state(ctx.store, ctx.network, 'activations')}",
     ]
     header = f"  {'layer':<16}{'kind':<7}{'units':>6}  {'RF theory':>10}" + "".join(
-        f"{stage:>12}" for stage in STAGE_ORDER[1:5]) + f"{'RF empirical':>16}"
+        f"{stage:>15}" for stage in STAGE_ORDER[1:5]) + f"{'RF empirical':>16}"
     lines.append(header)
     for layer in ctx.layers:
         la = ctx.layer_attrs(layer)
         rf = "x".join(str(v) for v in la["rf_theory_size"]) if "rf_theory_size" in la else "n/a"
-        states = "".join(f"{stage_state(ctx.store, ctx.network, stage, layer):>12}" for stage in STAGE_ORDER[1:5])
+        states = "".join(f"{stage_state(ctx.store, ctx.network, stage, layer):>15}" for stage in STAGE_ORDER[1:5])
         lines.append(f"  {layer:<16}{la['kind']:<7}{la['num_units']:>6}  {rf:>10}{states}{_empirical(ctx, layer):>16}")
     skipped = attrs.get("skipped_files", [])
     unreadable = _unreadable(ctx)
@@ -80,3 +80,10 @@ def _empirical(ctx: NetworkContext, layer: str) -> str:
     if not sizes.size:
         return "-"
     return f"{sizes.mean():.1f} +- {sizes.std():.1f}"
+
+
+def _weights(model: dict) -> str:
+    weights = model.get("weights")
+    if weights in (None, "none"):
+        return f"random init, seed {model.get('seed') if model.get('seed') is not None else 0}"
+    return f"weights {weights}"
