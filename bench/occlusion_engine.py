@@ -91,19 +91,37 @@ def main() -> None:
                 idx = int(a[u].argmax())
                 targets.append(OcclusionTarget(n, layer, u, idx // a.shape[-1], idx % a.shape[-1]))
 
-    t0 = time.perf_counter()
-    maps, st = discrepancy_maps(forward, images, fill, targets, geo, 11, 3, args.batch_size)
-    t_engine = time.perf_counter() - t0
-
     # Per-input cost of naive full re-inference (same shapes, coarse stride).
     t0 = time.perf_counter()
     _, st_probe = naive_discrepancy_maps(forward, images[:1], fill, targets[:1], 11, 24, args.batch_size)
     per_input = (time.perf_counter() - t0) / (st_probe.occluded_inputs + st_probe.reference_inputs)
+
+    breakdown = {}
+    for layer in LAYERS:  # each layer alone (no sharing across layers)
+        sub = [t for t in targets if t.layer == layer]
+        t0 = time.perf_counter()
+        _, s = discrepancy_maps(forward, images, fill, sub, geo, 11, 3, args.batch_size)
+        wall = time.perf_counter() - t0
+        breakdown[layer] = {
+            "targets": len(sub),
+            "wall_s": round(wall, 2),
+            "occluded_inputs": s.occluded_inputs,
+            "inputs_ratio": round(s.naive_inputs / max(s.occluded_inputs, 1), 1),
+            "pixels_ratio": round(s.naive_pixels / max(s.input_pixels, 1), 1),
+            "wall_speedup_est": round(per_input * (s.naive_inputs + len(sub)) / wall, 1),
+            "groups": s.groups,
+        }
+
+    t0 = time.perf_counter()
+    maps, st = discrepancy_maps(forward, images, fill, targets, geo, 11, 3, args.batch_size)
+    t_engine = time.perf_counter() - t0
+
     naive_s = per_input * (st.naive_inputs + len(targets))
     shared_naive_inputs = args.images * st.n_positions
     report = {
         "targets": len(targets),
         "per_layer": {L: sum(t.layer == L for t in targets) for L in LAYERS},
+        "per_layer_alone": breakdown,
         "engine_wall_s": round(t_engine, 2),
         "engine_stats": st.__dict__,
         "naive_inputs_per_target": st.naive_inputs,
@@ -113,6 +131,7 @@ def main() -> None:
         "inputs_ratio": st.naive_inputs / max(st.occluded_inputs, 1),
         "pixels_ratio": st.naive_pixels / max(st.input_pixels, 1),
         "wall_speedup": naive_s / t_engine,
+        "threads": torch.get_num_threads(),
         "wall_speedup_vs_shared_naive": per_input * (shared_naive_inputs + args.images) / t_engine,
     }
     if args.naive_full:

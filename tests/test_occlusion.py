@@ -427,3 +427,16 @@ def test_crop_alignment_tiny_net_every_unit(hw: tuple[int, int]) -> None:
     images = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(9))
     for layer in layers:
         assert _check_crops(seq_forward(net, "t.", [layer]), seq_geometry(net, "t."), images, [layer], 1) > 0
+
+
+def test_float64_and_empty() -> None:
+    net = tiny_net().double()
+    fwd = seq_forward(net, "t.", ["t.4"])
+    geo = seq_geometry(net, "t.")
+    images = torch.randn(1, 3, 30, 33, generator=torch.Generator().manual_seed(10))
+    targets = [OcclusionTarget(0, "t.4", 2, y, x) for y in (0, 3, 7) for x in (0, 4, 8)]
+    maps, st = discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), targets, geo, 3, 2, dtype=torch.float64)
+    ref, _ = naive_discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), targets, 3, 2, dtype=torch.float64)
+    assert st.fallbacks == 0 and np.abs(maps - ref).max() <= 1e-6 * max(np.abs(ref).max(), 1e-6)
+    empty, st = discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), [], geo, 3, 2)
+    assert empty.shape == (0, 14, 16) and st.forward_calls == 0

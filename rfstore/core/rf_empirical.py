@@ -146,10 +146,13 @@ def unit_rf_map(maps: np.ndarray, topk_y: np.ndarray, topk_x: np.ndarray, rf_sta
         box = rf_box(centre, rf_size, input_hw)
         inside[i, box[0], box[1]] = True
     pixels = np.where(inside, pixels, 0.0).astype(np.float32)
-    windows = recentre(pixels, cy, cx, radius)
-    with np.errstate(invalid="ignore"):
-        counts = np.sum(~np.isnan(windows), axis=0)
-        total = np.nansum(windows, axis=0)
+    return mean_over_images(recentre(pixels, cy, cx, radius))
+
+
+def mean_over_images(windows: np.ndarray) -> np.ndarray:
+    """Mean of ``(K, h, w)`` re-centred maps where each has data; NaN where none has."""
+    counts = np.sum(~np.isnan(windows), axis=0)
+    total = np.nansum(windows, axis=0)
     return np.where(counts > 0, total / np.maximum(counts, 1), np.nan).astype(np.float32)
 
 

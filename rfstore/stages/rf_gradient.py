@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from rfstore.core.gradient_rf import input_gradient_maps
-from rfstore.core.rf_empirical import recentre, rf_centre_pixels
+from rfstore.core.rf_empirical import mean_over_images, recentre, rf_centre_pixels
 from rfstore.models import FeatureExtractor
 from rfstore.stages.context import NetworkContext, load_images
 from rfstore.stages.devices import resolve_device
@@ -39,4 +39,4 @@ def gradient_rf_maps(ctx: NetworkContext, layer: str, units: np.ndarray, radius:
         targets = [(n, layer, int(unit), int(ys[n]), int(xs[n])) for n in range(len(ranks))]
         maps = input_gradient_maps(extractor, images, targets).numpy()
         cy, cx = rf_centre_pixels(start, jump, ys, xs)
-        yield np.nanmean(recentre(maps, cy, cx, radius), axis=0).astype(np.float32)
+        yield mean_over_images(recentre(maps, cy, cx, radius))

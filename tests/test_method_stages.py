@@ -1,0 +1,235 @@
+"""occlude, rf and segment: numbers worked out on paper, Captum as an oracle, resumption."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TESTS
+from rfstore.datasets import Preprocessing
+from rfstore.models import ModelSpec
+from rfstore.stages import occlude as occlude_stage
+from rfstore.stages.activations import ActivationsConfig, run_activations
+from rfstore.stages.context import NetworkContext
+from rfstore.stages.init import InitConfig, run_init
+from rfstore.stages.occlude import OccludeConfig, run_occlude
+from rfstore.stages.progress import Plan
+from rfstore.stages.rf import RFConfig, run_rf
+from rfstore.stages.segment import SegmentConfig, run_segment
+from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.store import open_store
+
+BOX = f"{TESTS / 'tiny_nets.py'}:box_filter"
+TINY_ALEXNET = "rfstore.demo.network:tiny_alexnet"
+
+
+def prepared_store(path: Path, model: str, data: Path, layers: str, k: int) -> None:
+    with open_store(path, "a") as store:
+        run_init(store, InitConfig(model=ModelSpec(model, None, 0), data=data, preprocessing=Preprocessing.tensor(),
+                                   layers=layers, name="net"))
+        ctx = NetworkContext.open(store)
+        run_activations(ctx, ActivationsConfig(batch_size=8, num_workers=0))
+        run_topk(ctx, TopKConfig(k=k))
+
+
+def block_images(root: Path) -> Path:
+    """10x10 black images with one 3x3 block of grey (100 and 200) centred on pixel (4, 4)."""
+    for name, value in (("a.png", 100), ("b.png", 200)):
+        pixels = np.zeros((10, 10, 3), dtype=np.uint8)
+        pixels[3:6, 3:6] = value
+        root.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels, "RGB").save(root / name)
+    return root
+
+
+def test_box_filter_rf_map_worked_out_on_paper(tmp_path: Path) -> None:
+    """One 3x3 conv of ones over 3 channels (no padding): unit (3, 3) sees exactly the grey block.
+
+    A 2x2 zero occluder overlapping n block pixels lowers the unit by 3 * n * v. Spread over
+    pixels (mean over the 4 windows covering a pixel), inside the 3x3 RF the map is
+    [[6.75, 9, 6.75], [9, 12, 9], [6.75, 9, 6.75]] * v, and 0 outside the RF.
+    """
+    store = tmp_path / "box.zarr"
+    prepared_store(store, BOX, block_images(tmp_path / "img"), "0", k=2)
+    with open_store(store, "a") as st:
+        ctx = NetworkContext.open(st)
+        run_occlude(ctx, OccludeConfig(size=2, stride=1, fill="zero", device="cpu"))
+        run_rf(ctx, RFConfig(threshold=0.5))
+        disc = st.read("net/0/discrepancy")
+        rf_map, rf_size = st.read("net/0/rf_map"), st.read("net/0/rf_size")
+        assert st.read("net/0/topk_y").tolist() == [[3, 3]] and st.read("net/0/topk_x").tolist() == [[3, 3]]
+        assert st.read("net/0/ry").tolist() == [-2, -1, 0, 1, 2]
+        run_rf(ctx, RFConfig(threshold=0.6), force=True)
+        size_06 = st.read("net/0/rf_size")
+    v = np.float32(200 / 255), np.float32(100 / 255)  # rank 0 is the brighter image
+    overlap = np.zeros((9, 9))
+    for oy in range(9):
+        for ox in range(9):
+            rows = max(0, min(oy + 2, 6) - max(oy, 3))
+            cols = max(0, min(ox + 2, 6) - max(ox, 3))
+            overlap[oy, ox] = rows * cols
+    for rank in range(2):
+        np.testing.assert_allclose(disc[0, rank], 3 * overlap * v[rank], rtol=1e-6)
+    pattern = np.zeros((5, 5))
+    pattern[1:4, 1:4] = [[6.75, 9, 6.75], [9, 12, 9], [6.75, 9, 6.75]]
+    np.testing.assert_allclose(rf_map[0], pattern * (v[0] + v[1]) / 2, rtol=1e-6)
+    assert rf_size[0] == pytest.approx(3.0)  # 9 pixels >= half of the maximum
+    assert size_06[0] == pytest.approx(np.sqrt(5))  # centre and edges >= 0.6 * 12 = 7.2
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory, scene_folder: Path) -> Path:
+    path = tmp_path_factory.mktemp("method") / "tiny.zarr"
+    prepared_store(path, TINY_ALEXNET, scene_folder, "features.1,features.4,features.11,classifier.2", k=3)
+    return path
+
+
+def test_discrepancy_matches_captum_occlusion(tiny_store: Path, tmp_path: Path) -> None:
+    captum = pytest.importorskip("captum.attr")
+    from rfstore.core.occlusion import pixel_attribution
+    from rfstore.demo.network import tiny_alexnet
+    from rfstore.stages.context import load_images
+
+    path = tmp_path / "copy.zarr"
+    import shutil
+
+    shutil.copytree(tiny_store, path)
+    with open_store(path, "a") as st:
+        ctx = NetworkContext.open(st)
+        run_occlude(ctx, OccludeConfig(size=8, stride=4, fill="zero", units=slice(0, 2), device="cpu",
+                                       layers=("features.4", "features.11", "classifier.2")))
+        torch.manual_seed(0)
+        model = tiny_alexnet().eval()
+        for layer, upto in (("features.4", 5), ("features.11", 12), ("classifier.2", None)):
+            top = {n: st.read(f"net/{layer}/topk_{n}") for n in ("image", "y", "x")}
+            disc = st.read(f"net/{layer}/discrepancy")
+            for unit in range(2):
+                rank = 0
+                image = load_images(ctx, [int(top["image"][unit, rank])])
+                y, x = int(top["y"][unit, rank]), int(top["x"][unit, rank])
+
+                def unit_value(inp: torch.Tensor) -> torch.Tensor:
+                    if upto is None:
+                        flat = torch.flatten(model.avgpool(model.features(inp)), 1)
+                        return model.classifier[:3](flat)[:, unit]
+                    return model.features[:upto](inp)[:, unit, y, x]
+
+                expected = captum.Occlusion(unit_value).attribute(
+                    image, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4), baselines=0, perturbations_per_eval=64)
+                ours = pixel_attribution(disc[unit, rank][None], 96, 96, 8, 4)[0]
+                for channel in range(3):  # Captum's window spans the 3 channels: same map on each
+                    theirs = expected[0, channel].numpy()
+                    scale = np.abs(theirs).max()
+                    assert np.abs(ours - theirs).max() <= 1e-4 * max(scale, 1e-6), (layer, unit)
+
+
+def test_zero_outside_theoretical_rf_and_rf_within_it(tiny_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_store, path)
+    with open_store(path, "a") as st:
+        ctx = NetworkContext.open(st)
+        run_occlude(ctx, OccludeConfig(size=5, stride=3, fill="noise", units=slice(0, 4), layers=("features.4",),
+                                       device="cpu"))
+        run_rf(ctx, RFConfig(layers=("features.4",)))
+        attrs = ctx.layer_attrs("features.4")
+        size, jump, start = attrs["rf_theory_size"], attrs["rf_theory_jump"], attrs["rf_theory_start"]
+        disc = st.read("net/features.4/discrepancy")
+        oy = st.read("net/features.4/oy")
+        top_y, top_x = st.read("net/features.4/topk_y"), st.read("net/features.4/topk_x")
+        rf_map = st.read("net/features.4/rf_map")
+        ry = st.read("net/features.4/ry")
+    for unit in range(4):
+        for rank in range(3):
+            cy, cx = start[0] + top_y[unit, rank] * jump[0], start[1] + top_x[unit, rank] * jump[1]
+            lo_y, hi_y = cy - (size[0] - 1) / 2, cy + (size[0] - 1) / 2
+            lo_x, hi_x = cx - (size[1] - 1) / 2, cx + (size[1] - 1) / 2
+            miss_y = (oy + 4 < lo_y) | (oy > hi_y)
+            miss_x = (oy + 4 < lo_x) | (oy > hi_x)
+            outside = miss_y[:, None] | miss_x[None, :]
+            assert outside.any()
+            assert (disc[unit, rank][outside] == 0).all()
+            assert (disc[unit, rank][~outside] != 0).any()
+        inside_box = np.abs(ry) <= (size[0] - 1) // 2
+        nonzero = np.nan_to_num(rf_map[unit]) != 0
+        assert not nonzero[~inside_box, :].any() and not nonzero[:, ~inside_box].any()
+
+
+def test_occlusion_resumes_to_identical_bits(tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    config = OccludeConfig(size=8, stride=4, fill="noise", seed=3, units=slice(0, 6), layers=("features.11",),
+                           device="cpu", units_per_group=2)
+    reference, resumed = tmp_path / "ref.zarr", tmp_path / "resumed.zarr"
+    shutil.copytree(tiny_store, reference)
+    shutil.copytree(tiny_store, resumed)
+    with open_store(reference, "a") as st:
+        run_occlude(NetworkContext.open(st), config)
+        expected = st.read("net/features.11/discrepancy")
+    calls = {"n": 0}
+    original = occlude_stage.discrepancy_maps
+
+    def crash_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(occlude_stage, "discrepancy_maps", crash_on_second)
+    with open_store(resumed, "a") as st, pytest.raises(KeyboardInterrupt):
+        run_occlude(NetworkContext.open(st), config)
+    monkeypatch.setattr(occlude_stage, "discrepancy_maps", original)
+    with open_store(resumed, "a") as st:
+        done = st.read("net/_rfstore/occlude/features.11/done")
+        assert done[:2].tolist() == [1, 1] and done[2:].sum() == 0
+        result = run_occlude(NetworkContext.open(st), config)
+        assert result.units_done == {"features.11": 4}
+        got = st.read("net/features.11/discrepancy")
+        again = run_occlude(NetworkContext.open(st), config)
+        assert again.units_done == {}
+    np.testing.assert_array_equal(got[:6], expected[:6])
+    assert np.isnan(got[6:]).all()
+
+
+def test_segment_places_the_empirical_rf(tiny_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_store, path)
+    with open_store(path, "a") as st:
+        ctx = NetworkContext.open(st)
+        run_occlude(ctx, OccludeConfig(size=5, stride=3, fill="zero", units=slice(0, 3), layers=("features.4",),
+                                       device="cpu"))
+        run_rf(ctx, RFConfig(layers=("features.4",)))
+        done = run_segment(ctx, SegmentConfig(layers=("features.4",)))
+        assert done == {"features.4": 3}
+        masks = st.read("net/features.4/seg_mask")
+        rf_size = st.read("net/features.4/rf_size")
+        assert run_segment(ctx, SegmentConfig(layers=("features.4",))) == {"features.4": 0}
+    for unit in range(3):
+        for rank in range(3):
+            area = int(masks[unit, rank].sum())
+            assert 0 < area <= round(rf_size[unit] ** 2)  # clipped at the image border at most
+    assert (masks[3:] == 255).all()
+
+
+def test_gradient_method_cross_check(tiny_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(tiny_store, path)
+    with open_store(path, "a") as st:
+        ctx = NetworkContext.open(st)
+        run_rf(ctx, RFConfig(method="gradient", layers=("features.4",), device="cpu"))
+        rf_map = st.read("net/features.4/rf_map")
+        ry = st.read("net/features.4/ry")
+        size = ctx.layer_attrs("features.4")["rf_theory_size"][0]
+        assert st.attrs("net/features.4")["rf_method"] == "gradient"
+    inside = np.abs(ry) <= (size - 1) // 2
+    for unit in range(rf_map.shape[0]):
+        m = np.nan_to_num(rf_map[unit])
+        assert not m[~inside].any() and not m[:, ~inside].any()  # gradients vanish outside the theoretical RF
