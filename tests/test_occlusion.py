@@ -77,7 +77,8 @@ def alexnet() -> nn.Module:
 
 
 def alexnet_forward(model: nn.Module, layers: Sequence[str]) -> Forward:
-    feats = seq_forward(model.features, "features.", [l for l in layers if l.startswith("features.")] or ["features.12"])
+    conv_layers = [l for l in layers if l.startswith("features.")] or ["features.12"]
+    feats = seq_forward(model.features, "features.", conv_layers)
     cls_layers = [l for l in layers if l.startswith("classifier.")]
 
     def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -178,7 +179,10 @@ def test_occluder_positions() -> None:
         occluder_positions(10, 11, 3)
 
 
-@pytest.mark.parametrize("lo,hi,length,align,ext", [(-5, 20, 99, 4, 1), (37, 90, 99, 16, 1), (50, 130, 99, 8, 1), (90, 95, 99, 4, 31), (3, 5, 99, 4, 31)])
+@pytest.mark.parametrize(
+    "lo,hi,length,align,ext",
+    [(-5, 20, 99, 4, 1), (37, 90, 99, 16, 1), (50, 130, 99, 8, 1), (90, 95, 99, 4, 31), (3, 5, 99, 4, 31)],
+)
 def test_aligned_crop(lo: int, hi: int, length: int, align: int, ext: int) -> None:
     a, b = aligned_crop(lo, hi, length, align, ext)
     assert a % align == 0 and 0 <= a <= max(lo, 0) and min(hi, length - 1) < b <= length
@@ -223,7 +227,8 @@ def test_against_captum(alexnet: nn.Module) -> None:
     images = torch.randn(2, 3, hw, hw)
     geo = alexnet_geometry(alexnet)
     conv_layers = ["features.1", "features.4", "features.5", "features.11"]
-    picks = [(0, "features.1", 7), (0, "features.4", 11), (0, "features.5", 3), (0, "features.11", 20), (1, "classifier.1", 5)]
+    picks = [(0, "features.1", 7), (0, "features.4", 11), (0, "features.5", 3), (0, "features.11", 20)]
+    picks += [(1, "classifier.1", 5)]
     fwd_all = alexnet_forward(alexnet, conv_layers + ["classifier.1"])
     targets = argmax_targets(fwd_all, images, picks)
     for t in targets:
@@ -345,7 +350,8 @@ def test_batch_size_invariance(alexnet: nn.Module) -> None:
     geo = alexnet_geometry(alexnet)
     images = torch.randn(2, 3, 67, 67, generator=torch.Generator().manual_seed(6))
     targets = argmax_targets(fwd, images, [(0, "features.4", 1), (1, "features.4", 2), (1, "features.7", 3)])
-    runs = [discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), targets, geo, 11, 6, batch_size=b)[0] for b in (1, 7, 256)]
+    zero = torch.zeros(1, 3, 1, 1)
+    runs = [discrepancy_maps(fwd, images, zero, targets, geo, 11, 6, batch_size=b)[0] for b in (1, 7, 256)]
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
     assert np.abs(runs[0]).max() > 0
 
@@ -377,7 +383,9 @@ def test_sharing_same_location(alexnet: nn.Module) -> None:
 # ------------------------------------------------- the alignment argument
 
 
-def _check_crops(fwd: Forward, geo: dict[str, LayerGeometry], images: torch.Tensor, layers: Sequence[str], ext: int) -> int:
+def _check_crops(
+    fwd: Forward, geo: dict[str, LayerGeometry], images: torch.Tensor, layers: Sequence[str], ext: int
+) -> int:
     """Every unit of ``layers``: all channels on its planned crop == full image."""
     from rfstore.core.occlusion_plan import make_member, plan_image
 

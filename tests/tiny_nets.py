@@ -41,3 +41,26 @@ def box_filter() -> nn.Module:
     with torch.no_grad():
         conv.weight.fill_(1.0)
     return nn.Sequential(conv, nn.ReLU()).eval()
+
+
+class _CountingSlowNet(nn.Module):
+    """hand_cnn, slowed down and counting its forward passes in a file, for kill -9 tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = hand_cnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+        import time
+
+        counter = os.environ.get("RFSTORE_TEST_COUNTER")
+        if counter:
+            with open(counter, "a") as f:
+                f.write("x\n")
+        time.sleep(float(os.environ.get("RFSTORE_TEST_DELAY", "0")))
+        return self.net(x)
+
+
+def slow_hand_cnn() -> nn.Module:
+    return _CountingSlowNet().eval()
