@@ -95,7 +95,7 @@ def demo(
     run(store=store, model="rfstore.demo.network:tiny_alexnet", data=data, weights=None, seed=seed,
         trust_pickle=False, name="tiny_alexnet", preprocess="tensor", resize=None, crop=None, mean=None, std=None,
         layers="features.1,features.4,features.7,features.9,features.11", batch_size=32, device="auto",
-        workers=0, maps=None, k=5, measure="max", units=None, size=7, stride=2, fill="zero", noise_seed=0,
+        workers=0, maps=None, k=5, measure="max", units=None, size=9, stride=3, fill="zero", noise_seed=0,
         occlude_batch_size=256, threshold=0.5, method="occlusion", network=None, force=force)
     say(f"demo: done in {time.perf_counter() - began:.1f} s; store at {store}; "
         f"inspect with 'rfstore status {store}'")
