@@ -233,3 +233,34 @@ def test_gradient_method_cross_check(tiny_store: Path, tmp_path: Path) -> None:
     for unit in range(rf_map.shape[0]):
         m = np.nan_to_num(rf_map[unit])
         assert not m[~inside].any() and not m[:, ~inside].any()  # gradients vanish outside the theoretical RF
+
+
+def test_netdissect_masks_where_maps_were_kept(tmp_path: Path, scene_folder: Path) -> None:
+    """With --maps, seg_mask_dissect = upsampled activation map >= the unit's 99.5% quantile over the dataset."""
+    import torch.nn.functional as F
+
+    path = tmp_path / "maps.zarr"
+    with open_store(path, "a") as st:
+        run_init(st, InitConfig(model=ModelSpec(TINY_ALEXNET, None, 0), data=scene_folder,
+                                preprocessing=Preprocessing.tensor(), layers="features.4", name="net"))
+        ctx = NetworkContext.open(st)
+        run_activations(ctx, ActivationsConfig(batch_size=8, num_workers=0, maps=("features.4",)))
+        run_topk(ctx, TopKConfig(k=2))
+        run_occlude(ctx, OccludeConfig(size=9, stride=3, fill="zero", units=slice(0, 2), device="cpu"))
+        run_rf(ctx, RFConfig())
+        run_segment(ctx, SegmentConfig())
+        maps = st.read("net/features.4/act_map")
+        masks = st.read("net/features.4/seg_mask_dissect")
+        thresholds = st.read("net/features.4/seg_threshold_dissect")
+        top = st.read("net/features.4/topk_image")
+        act_max = st.read("net/features.4/act_max")
+    np.testing.assert_allclose(maps.astype(np.float32).max(axis=(2, 3)), act_max, rtol=1e-3, atol=1e-3)  # float16 copy
+    for unit in range(2):
+        level = np.quantile(maps[:, unit].astype(np.float32), 0.995)
+        assert thresholds[unit] == pytest.approx(level)
+        for rank in range(2):
+            act = torch.as_tensor(maps[top[unit, rank], unit].astype(np.float32))
+            up = F.interpolate(act[None, None], size=(96, 96), mode="bilinear", align_corners=False)[0, 0].numpy()
+            np.testing.assert_array_equal(masks[unit, rank], (up >= level).astype(np.uint8))
+            assert masks[unit, rank].any()  # a top image reaches its unit's top quantile somewhere
+    assert (masks[2:] == 255).all()
