@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from rfstore.core.occlusion import pixel_attribution
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -66,16 +66,9 @@ def discrepancy_to_pixels(maps: np.ndarray, size: int, stride: int, input_hw: tu
     np.ndarray
         ``(K, H, W)`` float32; pixels covered by no window are 0.
     """
-    values = torch.as_tensor(np.nan_to_num(np.asarray(maps, dtype=np.float32)))[:, None]
-    kernel = torch.ones(1, 1, size, size)
-    summed = F.conv_transpose2d(values, kernel, stride=stride)[:, 0]
-    counts = F.conv_transpose2d(torch.ones_like(values[:1]), kernel, stride=stride)[0, 0]
     height, width = input_hw
-    out = torch.zeros(values.shape[0], height, width)
-    h, w = min(height, summed.shape[1]), min(width, summed.shape[2])
-    covered = counts[:h, :w].clamp(min=1)
-    out[:, :h, :w] = summed[:, :h, :w] / covered
-    return out.numpy()
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float64))
+    return pixel_attribution(maps, height, width, size, stride).astype(np.float32)
 
 
 def recentre(pixel_maps: np.ndarray, centres_y: np.ndarray, centres_x: np.ndarray, radius: tuple[int, int]
