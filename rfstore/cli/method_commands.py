@@ -74,6 +74,8 @@ def do_rf(store_path: Path, network: str | None, config, force: bool, summary: b
             say(f"rf: {layer}: {n} unit(s) done")
         for layer, n in result.waiting.items():
             say(f"rf: {layer}: {n} unit(s) wait for their discrepancy maps ('rfstore occlude')")
+        if result.missing:
+            say(f"rf: no discrepancy maps yet for {', '.join(result.missing)} ('rfstore occlude')")
         if summary:
             typer.echo(format_summary(ctx))
 

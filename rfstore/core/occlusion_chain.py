@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -77,6 +77,12 @@ class Step:
         Multiply-adds (or comparisons) per output location, all channels.
     channels : int
         Output channels.
+    dilation : tuple of int
+        Spacing of the kernel taps.
+    matrix : torch.Tensor or None, shape (k_y * k_x * C_in, C_out)
+        For ungrouped convolutions: the weight as a matrix over
+        ``(tap_y, tap_x, channel)`` rows (im2col form), channels last.
+    bias : torch.Tensor or None, shape (C_out,)
     """
 
     kernel: tuple[int, int]
@@ -87,6 +93,14 @@ class Step:
     post: tuple[nn.Module, ...]
     macs: int
     channels: int
+    dilation: tuple[int, int] = (1, 1)
+    matrix: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    @property
+    def taps(self) -> tuple[int, int]:
+        """Kernel taps per axis."""
+        return tuple((k - 1) // d + 1 for k, d in zip(self.kernel, self.dilation))  # type: ignore[return-value]
 
     def padded(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (..., h, w) padded to (..., h + top + bottom, w + left + right)."""
@@ -95,7 +109,10 @@ class Step:
 
     def run(self, patch: torch.Tensor) -> torch.Tensor:
         """Apply ``op`` then ``post`` to an already padded (B, C, h, w) patch."""
-        y = self.op(patch)
+        return self.finish(self.op(patch))
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply ``post`` to the op's output (B, C, h, w)."""
         for m in self.post:
             y = m(y)
         return y
@@ -128,13 +145,14 @@ def _window_step(m: nn.Module, hw: tuple[int, int], channels: int) -> Step | Non
         k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
         l, r, t, b = (int(v) for v in m._reversed_padding_repeated_twice)
         ext = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
-        w, bias, groups = m.weight, m.bias, m.groups
+        w, bias, groups = m.weight.contiguous(memory_format=torch.channels_last), m.bias, m.groups
 
         def conv(x: torch.Tensor) -> torch.Tensor:
             return F.conv2d(x, w, bias, s, 0, d, groups)
 
         macs = m.out_channels * (m.in_channels // groups) * k[0] * k[1]
-        return Step(ext, s, (t, b, l, r), 0.0, conv, (), macs, m.out_channels)
+        matrix = m.weight.permute(2, 3, 1, 0).reshape(-1, m.out_channels).contiguous() if groups == 1 else None
+        return Step(ext, s, (t, b, l, r), 0.0, conv, (), macs, m.out_channels, d, matrix, bias)
     if kind in (nn.MaxPool2d, nn.AvgPool2d):
         k = _pair(m.kernel_size)
         s = _pair(m.stride if m.stride is not None else m.kernel_size)
@@ -154,7 +172,7 @@ def _window_step(m: nn.Module, hw: tuple[int, int], channels: int) -> Step | Non
             def pool(x: torch.Tensor) -> torch.Tensor:
                 return F.max_pool2d(x, k, s, 0, d)
 
-            return Step(ext, s, pad, -math.inf, pool, (), macs, channels)
+            return Step(ext, s, pad, -math.inf, pool, (), macs, channels, d)
         divisor = m.divisor_override
         if divisor is None and (any(extra) or (any(p) and not m.count_include_pad)):
             return None  # border windows would use another divisor
@@ -219,9 +237,7 @@ def build_steps(
                 steps.append(Step((1, 1), (1, 1), (0, 0, 0, 0), 0.0, _identity, (), 0, channels))
                 shapes.append(hw)
                 ends.append(i)
-            last = steps[-1]
-            steps[-1] = Step(last.kernel, last.stride, last.pad, last.value, last.op,
-                             last.post + (m,), last.macs, last.channels)
+            steps[-1] = replace(steps[-1], post=steps[-1].post + (m,))
             ends[-1] = i
             continue
         step = _window_step(m, shapes[-1], channels)

@@ -42,6 +42,12 @@ GATHER_COST = 12.0
 ITEM_COST = 4.0e4
 """Multiply-add equivalents of per-step, per-item overhead (small kernels)."""
 
+GEMM_MAX_OUT = 9
+"""Largest output window (cells) computed as im2col + matmul rather than a conv."""
+
+GEMM_MIN_CHANNELS = 16
+"""Fewest input channels for the im2col path (narrow rows gather slowly)."""
+
 
 @dataclass(frozen=True)
 class Axis:
@@ -120,8 +126,11 @@ def axis_schedule(
     n, m, start, patch = [], [], [], []
     for s, (r_lo, r_hi) in enumerate(bounds):
         k, st = steps[s].kernel[axis], steps[s].stride[axis]
-        ns = int((r_hi - r_lo + 1)[use].max())
-        w = np.where(valid, np.minimum(r_lo, lengths[s + 1] - ns), 0)
+        if s == S - 1:  # the whole target span, so that every target can be read
+            ns, w = hi - lo + 1, np.full(pos.shape, lo, dtype=np.int64)
+        else:
+            ns = int((r_hi - r_lo + 1)[use].max())
+            w = np.where(valid, np.minimum(r_lo, lengths[s + 1] - ns), 0)
         n.append(ns)
         m.append((ns - 1) * st + k)
         start.append(w)
@@ -259,9 +268,26 @@ class Cache:
     fill: torch.Tensor
 
 
-def _grid(idx: torch.Tensor, length: int) -> torch.Tensor:
-    """(B,) starts -> (B, length) consecutive indices."""
-    return idx[:, None] + torch.arange(length, device=idx.device)[None, :]
+def _t(a: np.ndarray, dev: torch.device) -> torch.Tensor:
+    return torch.from_numpy(a).to(dev)
+
+
+def _sources(g: IncGroup, cache: Cache, rows: int) -> list[torch.Tensor]:
+    """Per step, a (cells, C) gather source: the padded map, then room for fresh values.
+
+    Step 0's fresh part is the padded fill; step ``s``'s holds the previous
+    step's output windows of up to ``rows`` positions.
+    """
+    out = []
+    for s in range(g.depth):
+        hp, wp, c = cache.maps[s].shape
+        extra = hp * wp if s == 0 else rows * g.ys.n[s - 1] * g.xs.n[s - 1]
+        buf = cache.maps[s].new_empty((hp * wp + extra, c))
+        buf[: hp * wp] = cache.maps[s].reshape(-1, c)
+        if s == 0:
+            buf[hp * wp :] = cache.fill.reshape(-1, c)
+        out.append(buf)
+    return out
 
 
 def run_group(
@@ -274,6 +300,13 @@ def run_group(
     consume: Callable[[np.ndarray, np.ndarray], None],
 ) -> int:
     """Evaluate every position of ``g.mask``; returns the number of positions.
+
+    Each step gathers, with one ``index_select`` from a source holding the
+    cached map and the fresh values (indices choose between them per cell),
+    either its padded input patches ``(B, m_y, m_x, C)`` and runs the step's op
+    on them (channels last), or, for ungrouped convolutions with few outputs
+    per window, their im2col rows ``(B * n_y * n_x, taps * C)`` and multiplies
+    by the weight matrix.  Outputs are copied into the next step's source.
 
     Parameters
     ----------
@@ -292,39 +325,69 @@ def run_group(
     dev = cache.fill.device
     flat_all = np.nonzero(g.mask.ravel())[0]
     n_ox = g.mask.shape[1]
-    units = torch.tensor([m.target.unit for m in g.members], device=dev)
-    tys = torch.tensor([m.target.y for m in g.members], device=dev)
-    txs = torch.tensor([m.target.x for m in g.members], device=dev)
+    srcs = _sources(g, cache, max(2, min(batch_size, flat_all.size)))
+    units = torch.tensor([m.target.unit for m in g.members], device=dev)[:, None]
+    tys = torch.tensor([m.target.y for m in g.members], device=dev)[:, None]
+    txs = torch.tensor([m.target.x for m in g.members], device=dev)[:, None]
+    ys, xs = g.ys, g.xs
     for c in range(0, flat_all.size, batch_size):
         flat = flat_all[c : c + batch_size]
         run = np.concatenate([flat, flat]) if flat.size == 1 else flat  # never a batch of one
         iy, ix = run // n_ox, run % n_ox
-        y: torch.Tensor | None = None
+        b = torch.arange(run.size, device=dev)[:, None, None, None, None]
+        y = cache.fill
         for s in range(g.depth):
             st = steps[s]
-            rows = _grid(torch.from_numpy(g.ys.patch[s][iy]).to(dev), g.ys.m[s])  # (B, my)
-            cols = _grid(torch.from_numpy(g.xs.patch[s][ix]).to(dev), g.xs.m[s])  # (B, mx)
-            base = cache.maps[s][rows[:, :, None], cols[:, None, :]]  # (B, my, mx, C)
+            hp, wp, ch = cache.maps[s].shape
+            ny, nx = ys.n[s], xs.n[s]
+            gemm = use_gemm(st, ch, ny * nx)
+            ry = _cells(_t(ys.patch[s][iy], dev), st, 0, ny, ys.m[s], gemm)  # (B, a, b)
+            rx = _cells(_t(xs.patch[s][ix], dev), st, 1, nx, xs.m[s], gemm)  # (B, c, d)
+            idx = ry[:, :, None, :, None] * wp + rx[:, None, :, None, :]  # (B, a, c, b, d)
             if s == 0:
-                oy = torch.from_numpy(pos[0][iy]).to(dev)[:, None] + st.pad[0]
-                ox = torch.from_numpy(pos[1][ix]).to(dev)[:, None] + st.pad[2]
-                in_y = (rows >= oy) & (rows < oy + size)
-                in_x = (cols >= ox) & (cols < ox + size)
-                fresh = cache.fill[rows[:, :, None], cols[:, None, :]]
+                fy = ry - (_t(pos[0][iy], dev)[:, None, None] + st.pad[0])
+                fx = rx - (_t(pos[1][ix], dev)[:, None, None] + st.pad[2])
+                in_y, in_x = (fy >= 0) & (fy < size), (fx >= 0) & (fx < size)
+                fresh = idx + hp * wp
             else:
-                fy = rows - st.pad[0] - torch.from_numpy(g.ys.start[s - 1][iy]).to(dev)[:, None]
-                fx = cols - st.pad[2] - torch.from_numpy(g.xs.start[s - 1][ix]).to(dev)[:, None]
-                in_y = (fy >= 0) & (fy < g.ys.n[s - 1])
-                in_x = (fx >= 0) & (fx < g.xs.n[s - 1])
-                b = torch.arange(rows.shape[0], device=dev)[:, None, None]
-                fresh = y[b, fy.clamp(0, g.ys.n[s - 1] - 1)[:, :, None], fx.clamp(0, g.xs.n[s - 1] - 1)[:, None, :]]  # type: ignore[index]
-            inside = (in_y[:, :, None] & in_x[:, None, :])[..., None]
-            patch = torch.where(inside, fresh, base).permute(0, 3, 1, 2)
-            y = st.run(patch).permute(0, 2, 3, 1)  # (B, n_y, n_x, C')
+                py, px = ys.n[s - 1], xs.n[s - 1]
+                fy = ry - st.pad[0] - _t(ys.start[s - 1][iy], dev)[:, None, None]
+                fx = rx - st.pad[2] - _t(xs.start[s - 1][ix], dev)[:, None, None]
+                in_y, in_x = (fy >= 0) & (fy < py), (fx >= 0) & (fx < px)
+                fresh = hp * wp + (b * py + fy[:, :, None, :, None]) * px + fx[:, None, :, None, :]
+            idx = torch.where(in_y[:, :, None, :, None] & in_x[:, None, :, None, :], fresh, idx)
+            rows = srcs[s].index_select(0, idx.view(-1))
+            if gemm:
+                mat = rows.view(run.size * ny * nx, -1)
+                out = mat @ st.matrix if st.bias is None else torch.addmm(st.bias, mat, st.matrix)  # type: ignore[operator]
+                y = st.finish(out.view(run.size, ny, nx, -1).permute(0, 3, 1, 2))
+            else:
+                y = st.run(rows.view(run.size, ys.m[s], xs.m[s], ch).permute(0, 3, 1, 2))  # (B, C', ny, nx)
+            if s + 1 < g.depth:
+                start = cache.maps[s + 1].shape[0] * cache.maps[s + 1].shape[1]
+                vals = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+                srcs[s + 1][start : start + vals.shape[0]] = vals
         last = g.depth - 1
-        wy = torch.from_numpy(g.ys.start[last][iy]).to(dev)
-        wx = torch.from_numpy(g.xs.start[last][ix]).to(dev)
-        b = torch.arange(len(run), device=dev)
-        acts = y[b[None, :], tys[:, None] - wy[None, :], txs[:, None] - wx[None, :], units[:, None]]  # type: ignore[index]
+        uy = tys - _t(ys.start[last][iy], dev)[None, :]
+        ux = txs - _t(xs.start[last][ix], dev)[None, :]
+        acts = y[b.view(1, -1), units, uy, ux]  # (M, B)
         consume(flat, acts[:, : flat.size].double().cpu().numpy())
     return int(flat_all.size)
+
+
+def use_gemm(step: Step, channels: int, outputs: int) -> bool:
+    """Whether a step runs as im2col + matmul (ungrouped conv, few outputs, many channels)."""
+    return step.matrix is not None and outputs <= GEMM_MAX_OUT and channels >= GEMM_MIN_CHANNELS
+
+
+def _cells(start: torch.Tensor, step: Step, axis: int, n: int, m: int, gemm: bool) -> torch.Tensor:
+    """Padded input coordinates read per position along one axis.
+
+    Returns (B, n, taps) for im2col (output, tap) pairs, else (B, m, 1) for the patch.
+    """
+    dev = start.device
+    if gemm:
+        outs = torch.arange(n, device=dev) * step.stride[axis]
+        taps = torch.arange(step.taps[axis], device=dev) * step.dilation[axis]
+        return start[:, None, None] + outs[None, :, None] + taps[None, None, :]
+    return start[:, None, None] + torch.arange(m, device=dev)[None, :, None]

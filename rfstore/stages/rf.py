@@ -49,23 +49,32 @@ class RFConfig:
 class RFResult:
     units_done: dict[str, int]
     waiting: dict[str, int]  # units whose discrepancy maps are not computed yet
+    missing: list[str]  # layers (not named explicitly) with no upstream results at all
 
 
-def _upstream(ctx: NetworkContext, layer: str, method: str) -> tuple[str, np.ndarray]:
-    """Token of the stage rf reads from, and which units it has finished."""
+def _upstream(ctx: NetworkContext, layer: str, method: str) -> tuple[str, np.ndarray] | None:
+    """Token of the stage rf reads from and which units it has finished; None if it never ran."""
     stage = "occlude" if method == "occlusion" else "topk"
     tracker = StageProgress(ctx.store, ctx.network, stage, layer)
     record = tracker.record()
     if record is None:
-        raise MissingInputError(f"rf --method {method} needs {stage} results for layer {layer}: "
-                                f"run 'rfstore {stage} {ctx.store.path}' first")
+        return None
     return record.token, tracker.done_mask() if stage == "occlude" else np.ones(ctx.n_units(layer), dtype=bool)
 
 
 def run_rf(ctx: NetworkContext, config: RFConfig, force: bool = False) -> RFResult:
-    result = RFResult({}, {})
+    """Compute the empirical RFs of the layers whose inputs exist (all named layers must have them)."""
+    result = RFResult({}, {}, [])
+    stage = "occlude" if config.method == "occlusion" else "topk"
     for layer in ctx.check_layers(list(config.layers)):
-        token, available = _upstream(ctx, layer, config.method)
+        upstream = _upstream(ctx, layer, config.method)
+        if upstream is None:
+            if config.layers:
+                raise MissingInputError(f"rf --method {config.method} needs {stage} results for layer {layer}: "
+                                        f"run 'rfstore {stage} {ctx.store.path}' first")
+            result.missing.append(layer)
+            continue
+        token, available = upstream
         n_units = ctx.n_units(layer)
         tracker = StageProgress(ctx.store, ctx.network, "rf", layer)
         plan = tracker.begin(config.params(), fingerprint("rf", STAGE_VERSION, config.params(), [token]), n_units, force)
@@ -102,6 +111,9 @@ def run_rf(ctx: NetworkContext, config: RFConfig, force: bool = False) -> RFResu
             result.waiting[layer] = waiting
         elif tracker.done_mask().all():
             tracker.complete()
+    if len(result.missing) == len(ctx.layers):
+        raise MissingInputError(f"rf --method {config.method} needs {stage} results: "
+                                f"run 'rfstore {stage} {ctx.store.path}' first")
     return result
 
 

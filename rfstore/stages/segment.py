@@ -63,12 +63,15 @@ def unit_quantile(ctx: NetworkContext, layer: str, unit: int, level: float) -> f
 
 
 def run_segment(ctx: NetworkContext, config: SegmentConfig, force: bool = False) -> dict[str, int]:
+    """Segment the units of the layers with empirical RFs (all named layers must have them)."""
     done_units: dict[str, int] = {}
     for layer in ctx.check_layers(list(config.layers)):
         rf_tracker = StageProgress(ctx.store, ctx.network, "rf", layer)
         rf_record = rf_tracker.record()
         if rf_record is None:
-            raise MissingInputError(f"segment needs the rf results of layer {layer}: run 'rfstore rf' first")
+            if config.layers:
+                raise MissingInputError(f"segment needs the rf results of layer {layer}: run 'rfstore rf' first")
+            continue
         group = layer_group(ctx.network, layer)
         n_units = ctx.n_units(layer)
         k = int(ctx.layer_attrs(layer)["topk_k"])
@@ -103,6 +106,8 @@ def run_segment(ctx: NetworkContext, config: SegmentConfig, force: bool = False)
         done_units[layer] = len(todo)
         if tracker.done_mask().all():
             tracker.complete()
+    if not done_units and not any(StageProgress(ctx.store, ctx.network, "rf", layer).record() for layer in ctx.layers):
+        raise MissingInputError(f"segment needs rf results: run 'rfstore rf {ctx.store.path}' first")
     return done_units
 
 
