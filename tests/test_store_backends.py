@@ -98,3 +98,30 @@ def test_groups_open_in_xarray_with_dimension_names(store_path: Path) -> None:
     assert ds["topk_image"].values.tolist() == [[0, 1], [2, -1], [4, 5]]
     assert ds.attrs["kind"] == "conv"
     assert list(np.asarray(ds.attrs["rf_theory_size"])) == [51, 51]
+
+
+def test_one_writer_at_a_time_readers_never_blocked(store_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from rfstore.store import StoreLockedError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from rfstore.store import open_store\n"
+         f"s = open_store({str(store_path)!r}, 'a'); s.update_attrs('', {{'x': 1}}); s.flush()\n"
+         "print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLockedError, match=f"in use by process {holder.pid}"):
+            open_store(store_path, "a")
+        with open_store(store_path, "r") as reader:  # not blocked by the writer
+            assert reader.attrs("")["x"] == 1
+    finally:
+        holder.kill()  # kill -9: the lock dies with its holder
+        holder.wait()
+    with open_store(store_path, "a") as store:  # the stale lock is taken over
+        store.update_attrs("", {"x": 2})
+    with open_store(store_path, "a") as store:  # and released on close
+        assert store.attrs("")["x"] == 2

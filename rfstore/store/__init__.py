@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rfstore.store.base import ArraySpec, Store, StoreError
+from rfstore.store.lock import StoreLock, StoreLockedError
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 ZARR_SUFFIXES = (".zarr",)
@@ -23,17 +24,35 @@ def backend_for(path: str | Path) -> str:
     raise StoreError(f"store path {str(path)!r} must end in .zarr (Zarr v3 directory) or .h5/.hdf5 (HDF5 file)")
 
 
-def open_store(path: str | Path, mode: str = "r") -> Store:
-    """Open the store at ``path`` (``mode`` ``"r"`` or ``"a"``), choosing the backend by suffix."""
+def open_store(path: str | Path, mode: str = "r", wait: bool = False) -> Store:
+    """Open the store at ``path``, choosing the backend by suffix.
+
+    ``mode`` ``"r"`` reads (never blocked, never blocking); ``"a"`` reads and writes,
+    creating the store if missing, and holds the store's writer lock until closed:
+    a second writer gets :class:`~rfstore.store.lock.StoreLockedError` naming the
+    holder's PID, or waits for it with ``wait=True``.
+    """
     if mode not in ("r", "a"):
         raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
-    if backend_for(path) == "hdf5":
-        from rfstore.store.hdf5_ import HDF5Store
+    lock = None
+    if mode == "a":
+        lock = StoreLock(Path(path), wait=wait)
+        lock.acquire()
+    try:
+        if backend_for(path) == "hdf5":
+            from rfstore.store.hdf5_ import HDF5Store
 
-        return HDF5Store(path, mode)
-    from rfstore.store.zarr_ import ZarrStore
+            store: Store = HDF5Store(path, mode)
+        else:
+            from rfstore.store.zarr_ import ZarrStore
 
-    return ZarrStore(path, mode)
+            store = ZarrStore(path, mode)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    store.lock = lock
+    return store
 
 
-__all__ = ["ArraySpec", "Store", "StoreError", "backend_for", "open_store"]
+__all__ = ["ArraySpec", "Store", "StoreError", "StoreLockedError", "backend_for", "open_store"]

@@ -82,6 +82,7 @@ class Store(ABC):
 
     path: Path
     mode: str
+    lock: Any = None  # the writer lock held while open for writing (set by open_store)
 
     # -- groups and attributes -------------------------------------------------
     @abstractmethod
@@ -157,6 +158,12 @@ class Store(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def release_lock(self) -> None:
+        """Give up the writer lock (backends call this last in :meth:`close`)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, mode={self.mode!r})"

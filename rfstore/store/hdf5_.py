@@ -53,9 +53,23 @@ class HDF5Store(Store):
         if mode == "r" and not self.path.exists():
             raise StoreError(f"no store at {self.path}")
         try:
-            self._file = h5py.File(self.path, "r" if mode == "r" else "a")
+            self._file = self._open(mode)
         except OSError as err:
             raise StoreError(f"cannot open {self.path} as an HDF5 store: {err}") from err
+
+    def _open(self, mode: str) -> h5py.File:
+        if mode != "r":
+            return h5py.File(self.path, "a")
+        # readers skip HDF5's own file locking, so that status/report/xarray are never
+        # blocked by a stage writing the file (rfstore's lock keeps writers to one)...
+        try:
+            return h5py.File(self.path, "r", locking=False)
+        except OSError as err:
+            # ...unless this process already holds the file open with locking (HDF5
+            # refuses mixed flags within one process): then open it the same way
+            if "locking flag" not in str(err):
+                raise
+            return h5py.File(self.path, "r")
 
     # -- groups and attributes -------------------------------------------------
     def _node(self, path: str) -> h5py.Group | h5py.Dataset:
@@ -176,6 +190,9 @@ class HDF5Store(Store):
             self._file.flush()
 
     def close(self) -> None:
-        if self._file.id.valid:
-            self.flush()
-            self._file.close()
+        try:
+            if self._file.id.valid:
+                self.flush()
+                self._file.close()
+        finally:
+            self.release_lock()

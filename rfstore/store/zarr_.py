@@ -136,4 +136,5 @@ class ZarrStore(Store):
         """Zarr writes each chunk to its own file as it goes; nothing is buffered."""
 
     def close(self) -> None:
-        """Nothing to release: every write already reached its chunk file."""
+        """Release the writer lock; every write already reached its chunk file."""
+        self.release_lock()
