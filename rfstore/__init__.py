@@ -7,3 +7,7 @@ The pipeline (Zhou et al. 2015, "Object Detectors Emerge in Deep Scene CNNs"):
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from rfstore.api import open  # noqa: E402,A001 - rfstore.open(path), the notebook entry point
+
+__all__ = ["__version__", "open"]
