@@ -33,7 +33,6 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from rfstore.core.occlusion_dispatch import incremental_maps
 from rfstore.core.occlusion_exec import (
     Consumer,
     Runner,
@@ -134,11 +133,6 @@ class OcclusionStats:
         Shared work groups (one crop + position set each).
     min_crop_extent : int
         Smallest crop side accepted by ``forward`` (``H`` if never probed).
-    incremental_targets, incremental_inputs : int
-        Targets evaluated incrementally, and their occluder positions evaluated
-        (batched patch recomputation, not counted in ``occluded_inputs``).
-    incremental_rejected : int
-        Targets whose incremental checks failed (recomputed on crops).
     """
 
     n_targets: int
@@ -156,9 +150,6 @@ class OcclusionStats:
     fallbacks: int
     groups: int
     min_crop_extent: int
-    incremental_targets: int = 0
-    incremental_inputs: int = 0
-    incremental_rejected: int = 0
 
     @property
     def naive_inputs(self) -> int:
@@ -225,7 +216,6 @@ def discrepancy_maps(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     guard_rtol: float = 1e-5,
-    incremental: bool | None = None,
 ) -> tuple[np.ndarray, OcclusionStats]:
     """Discrepancy maps of many (image, unit, location) targets.
 
@@ -248,12 +238,8 @@ def discrepancy_maps(
     device, dtype
         Where and in which precision ``forward`` runs.
     guard_rtol : float
-        Crop guard and incremental check tolerance, relative to the unit's
-        max |activation| on the full image.
-    incremental : bool or None
-        Incremental inference (:mod:`rfstore.core.occlusion_dispatch`) for conv
-        targets in the forward's sequential prefix: None chooses per target by
-        estimated work, True uses it wherever supported, False never.
+        Crop guard tolerance, relative to the unit's max |activation| on the
+        full image.
 
     Returns
     -------
@@ -284,15 +270,6 @@ def discrepancy_maps(
             for m in members
         )
         extent = min_extent(runner, (h, w), images.shape[1]) if probe_needed else max(h, w)
-        counters = {}
-        if incremental is not False:
-            convs = [m for m in members if not m.linear and m.mask.any()]
-            rest, counters = incremental_maps(
-                runner, images, fill_b, convs, ref, scale, maps, (pos_y, pos_x), size,
-                batch_size, extent, incremental, guard_rtol,
-            )
-            done = {m.index for m in convs} - {m.index for m in rest}
-            by_img = {i: [m for m in ms if m.index not in done] for i, ms in by_img.items()}
         groups = [g for i, ms in by_img.items() for g in plan_image(i, ms, (h, w), extent)]
         groups, failed = guard(runner, images, groups, ref, scale, guard_rtol, batch_size)
         groups += [full_group(i, ms, (h, w)) for i, ms in failed.items()]
@@ -306,7 +283,6 @@ def discrepancy_maps(
         fallbacks=sum(len(ms) for ms in failed.values()),
         groups=len(groups),
         min_crop_extent=extent,
-        **counters,
     )
     return maps, stats
 
