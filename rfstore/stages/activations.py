@@ -157,25 +157,26 @@ def _stream(ctx: NetworkContext, config: ActivationsConfig, tracker: StageProgre
                     if layer in map_shapes:
                         summary["act_map"] = act.to(torch.float16).cpu().numpy()
                     outputs[layer] = summary
-            good_ids = image_ids[good]
+            rows = np.full(len(image_ids), -1)
+            rows[good] = np.arange(int(good.sum()))
             error_of = dict(errors)
-            # rows of this batch may straddle block boundaries: place each in its block
-            row_of_good = {int(img): r for r, img in enumerate(good_ids)}
-            for image in image_ids:
-                image = int(image)
-                while image >= buffer.stop:
+            # image ids ascend within and across batches: fill the block buffers segment by segment
+            pos = 0
+            while pos < len(image_ids):
+                while image_ids[pos] >= buffer.stop:
                     block_id, start, stop = next(pending)
                     buffer = _BlockBuffer(start, stop, units, map_shapes)
-                local = image - buffer.start
-                if image in row_of_good:
-                    row = row_of_good[image]
-                    for (layer, q), array in buffer.arrays.items():
-                        array[local] = outputs[layer][q][row]
-                else:
-                    buffer.errors[local] = error_of[image]
-                buffer.filled += 1
+                end = pos + int(np.searchsorted(image_ids[pos:], buffer.stop))
+                local, seg_rows = image_ids[pos:end] - buffer.start, rows[pos:end]
+                ok = seg_rows >= 0
+                for (layer, q), array in buffer.arrays.items():
+                    array[local[ok]] = outputs[layer][q][seg_rows[ok]]
+                for i in np.flatnonzero(~ok):
+                    buffer.errors[local[i]] = error_of[int(image_ids[pos + i])]
+                buffer.filled += end - pos
                 if buffer.complete:
                     _write_block(ctx, tracker, block_id, buffer)
+                pos = end
 
 
 def _write_block(ctx: NetworkContext, tracker: StageProgress, block_id: int, buffer: _BlockBuffer) -> None:
