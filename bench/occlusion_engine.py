@@ -1,22 +1,34 @@
-"""Micro-benchmark: occlusion engine vs naive full re-inference on AlexNet.
+"""Micro-benchmark: the occlusion engine vs full re-inference, on the project's workload.
 
-Random-init AlexNet (seed 0, no weights downloaded), 224x224 random input,
-occluder 11 px / stride 3 (72x72 positions), a few argmax targets per layer.
+Workload (as ``bench/occlusion.py``, without the store): torchvision AlexNet,
+random init (seed 0, no weights downloaded), 24 generated 224x224 scenes
+(``rfstore.demo.scenes``, ImageNet preprocessing), the five ReLU layers, units
+0:4 of each, their top-3 images (max activation) at the argmax location, 11x11
+zero occluder, stride 3 (72 x 72 positions).  Each layer is one
+``discrepancy_maps`` call through a :class:`~rfstore.models.FeatureExtractor`
+stopping at that layer (as the ``occlude`` stage does per layer).
+
+For each layer it reports the wall time of the engine in its default mode
+(incremental inference where estimated cheaper, crops elsewhere) and, with
+``--crop``, forced onto the crop path; the time of full re-inference (every
+occluded image through the truncated network in batches of 64, as Captum's
+``Occlusion`` with ``perturbations_per_eval=64`` does) measured on
+``--naive-batches`` batches and scaled to all (unit, image) pairs; speedups; and
+the largest difference between the modes relative to the unit's max |activation|.
+``--captum N`` also runs Captum on N pairs per layer and compares the per-pixel
+attributions (minutes per deep pair on 2 cores).
 
 Usage::
 
-    python bench/occlusion_engine.py [--images 1] [--per-layer 3] [--naive-full]
-
-The naive cost is extrapolated from the measured time per occluded full image
-(``naive_discrepancy_maps`` on a coarse stride); ``--naive-full`` also runs the
-real 5,184-position naive pass for the first target (slow: minutes on 2 cores)
-and checks the maps agree.
+    python bench/occlusion_engine.py [--images 24] [--batch-size 256] [--crop] [--captum 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import time
 
 import numpy as np
@@ -28,10 +40,15 @@ from rfstore.core.occlusion import (
     LayerGeometry,
     OcclusionTarget,
     discrepancy_maps,
-    naive_discrepancy_maps,
+    occluder_positions,
+    pixel_attribution,
 )
+from rfstore.datasets import Preprocessing
+from rfstore.demo.scenes import CLASSES, make_scene
+from rfstore.models import FeatureExtractor
 
 LAYERS = ("features.1", "features.4", "features.7", "features.9", "features.11")
+SIZE, STRIDE, K, UNITS = 11, 3, 3, range(4)
 
 
 def sequential_geometry(mods: nn.Sequential, prefix: str) -> dict[str, LayerGeometry]:
@@ -52,94 +69,129 @@ def sequential_geometry(mods: nn.Sequential, prefix: str) -> dict[str, LayerGeom
     return geo
 
 
+def scenes(n: int, size: int = 224) -> torch.Tensor:
+    """(n, 3, size, size) preprocessed scenes, as ``write_scene_folder(per_class=n // 4)``."""
+    per_class = max(1, n // len(CLASSES))
+    prep = Preprocessing.imagenet()
+    out = [
+        prep(make_scene(c, c * 10_007 + k, size)[0])
+        for c in range(len(CLASSES)) for k in range(per_class)
+    ]
+    return torch.stack(out[:n])
+
+
+def top_targets(model: nn.Module, images: torch.Tensor, layer: str) -> list[tuple[int, int, int, int]]:
+    """(image, unit, y, x) of the top-K images of units 0:4 (max over the map, argmax location)."""
+    with FeatureExtractor(model, [layer]) as fe, torch.inference_mode():
+        act = fe(images)[layer][:, list(UNITS)]  # (N, U, h, w)
+    w = act.shape[-1]
+    best, where = act.flatten(2).max(2)  # (N, U)
+    out = []
+    for u in range(act.shape[1]):
+        for n in torch.argsort(best[:, u], descending=True, stable=True)[:K].tolist():
+            idx = int(where[n, u])
+            out.append((n, UNITS[u], idx // w, idx % w))
+    return out
+
+
+def naive_per_input(truncated: nn.Module, image: torch.Tensor, batches: int) -> float:
+    """Seconds per occluded full image, batches of 64 (Captum's perturbations_per_eval)."""
+    pos = occluder_positions(image.shape[-1], SIZE, STRIDE)
+    grid = [(y, x) for y in pos for x in pos]
+    with torch.no_grad():
+        truncated(image.expand(64, -1, -1, -1).clone())  # warm-up
+        began = time.perf_counter()
+        for b in range(batches):
+            batch = image.expand(64, -1, -1, -1).clone()
+            for i, (y, x) in enumerate(grid[b * 64 : (b + 1) * 64]):
+                batch[i, :, y : y + SIZE, x : x + SIZE] = 0
+            truncated(batch)
+    return (time.perf_counter() - began) / (64 * batches)
+
+
+def captum_check(
+    truncated: nn.Module, image: torch.Tensor, unit: int, y: int, x: int, disc: np.ndarray
+) -> tuple[float, float]:
+    """(seconds, max relative difference) of Captum's Occlusion vs our maps for one pair."""
+    from captum.attr import Occlusion
+
+    occ = Occlusion(lambda inp: truncated(inp)[:, unit, y, x])
+    began = time.perf_counter()
+    with torch.no_grad():
+        attr = occ.attribute(image[None], sliding_window_shapes=(3, SIZE, SIZE), strides=(3, STRIDE, STRIDE),
+                             baselines=0, perturbations_per_eval=64)[0, 0].double().numpy()
+    took = time.perf_counter() - began
+    mine = pixel_attribution(disc[None], image.shape[-2], image.shape[-1], SIZE, STRIDE)[0]
+    return took, float(np.abs(mine - attr).max() / max(np.abs(attr).max(), 1e-12))
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=1)
-    ap.add_argument("--per-layer", type=int, default=3)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--naive-full", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--crop", action="store_true", help="also time the crop path alone and compare")
+    ap.add_argument("--naive-batches", type=int, default=3)
+    ap.add_argument("--captum", type=int, default=0, help="(unit, image) pairs per layer checked with Captum")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     model = torchvision.models.alexnet(weights=None).eval()
-    for m in model.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-    feats = model.features[: 1 + max(int(name.split(".")[1]) for name in LAYERS)]
-
-    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
-        for i, mod in enumerate(feats):
-            x = mod(x)
-            if f"features.{i}" in LAYERS:
-                out[f"features.{i}"] = x
-        return out
-
     geo = sequential_geometry(model.features, "features.")
-    images = torch.randn(args.images, 3, args.size, args.size)
+    images = scenes(args.images)
     fill = torch.zeros(1, 3, 1, 1)
-    with torch.inference_mode():
-        acts = forward(images)
-    targets = []
-    gen = torch.Generator().manual_seed(1)
-    for n in range(args.images):
-        for layer in LAYERS:
-            a = acts[layer][n]
-            alive = torch.nonzero(a.flatten(1).amax(1) > 0).flatten()
-            for u in alive[torch.randperm(alive.numel(), generator=gen)[: args.per_layer]].tolist():
-                idx = int(a[u].argmax())
-                targets.append(OcclusionTarget(n, layer, u, idx // a.shape[-1], idx % a.shape[-1]))
-
-    # Per-input cost of naive full re-inference (same shapes, coarse stride).
-    t0 = time.perf_counter()
-    _, st_probe = naive_discrepancy_maps(forward, images[:1], fill, targets[:1], 11, 24, args.batch_size)
-    per_input = (time.perf_counter() - t0) / (st_probe.occluded_inputs + st_probe.reference_inputs)
-
-    breakdown = {}
-    for layer in LAYERS:  # each layer alone (no sharing across layers)
-        sub = [t for t in targets if t.layer == layer]
-        t0 = time.perf_counter()
-        _, s = discrepancy_maps(forward, images, fill, sub, geo, 11, 3, args.batch_size)
-        wall = time.perf_counter() - t0
-        breakdown[layer] = {
-            "targets": len(sub),
-            "wall_s": round(wall, 2),
-            "occluded_inputs": s.occluded_inputs,
-            "inputs_ratio": round(s.naive_inputs / max(s.occluded_inputs, 1), 1),
-            "pixels_ratio": round(s.naive_pixels / max(s.input_pixels, 1), 1),
-            "wall_speedup_est": round(per_input * (s.naive_inputs + len(sub)) / wall, 1),
-            "groups": s.groups,
-        }
-
-    t0 = time.perf_counter()
-    maps, st = discrepancy_maps(forward, images, fill, targets, geo, 11, 3, args.batch_size)
-    t_engine = time.perf_counter() - t0
-
-    naive_s = per_input * (st.naive_inputs + len(targets))
-    shared_naive_inputs = args.images * st.n_positions
-    report = {
-        "targets": len(targets),
-        "per_layer": {L: sum(t.layer == L for t in targets) for L in LAYERS},
-        "per_layer_alone": breakdown,
-        "engine_wall_s": round(t_engine, 2),
-        "engine_stats": st.__dict__,
-        "naive_inputs_per_target": st.naive_inputs,
-        "naive_inputs_shared_per_image": shared_naive_inputs,
-        "naive_wall_s_extrapolated": round(naive_s, 1),
-        "naive_s_per_input": per_input,
-        "inputs_ratio": st.naive_inputs / max(st.occluded_inputs, 1),
-        "pixels_ratio": st.naive_pixels / max(st.input_pixels, 1),
-        "wall_speedup": naive_s / t_engine,
+    n_pos = occluder_positions(images.shape[-1], SIZE, STRIDE).size ** 2
+    rows, totals = {}, {"engine_s": 0.0, "naive_s": 0.0, "crop_s": 0.0}
+    for layer in args.layers.split(","):
+        picks = top_targets(model, images, layer)
+        used = sorted({n for n, *_ in picks})
+        local = {n: i for i, n in enumerate(used)}
+        targets = [OcclusionTarget(local[n], layer, u, y, x) for n, u, y, x in picks]
+        sub = images[used]
+        row: dict[str, object] = {"targets": len(targets), "images": len(used)}
+        with FeatureExtractor(model, [layer]) as fe:
+            began = time.perf_counter()
+            maps, st = discrepancy_maps(fe, sub, fill, targets, geo, SIZE, STRIDE, args.batch_size)
+            row["engine_s"] = round(time.perf_counter() - began, 2)
+            row["incremental_targets"] = st.incremental_targets
+            row["incremental_positions"] = st.incremental_inputs
+            row["crop_inputs"] = st.occluded_inputs
+            with torch.inference_mode():
+                act = fe(sub)[layer]
+            scale = np.array([float(act[t.image, t.unit].abs().max()) for t in targets])
+            if args.crop:
+                began = time.perf_counter()
+                ref, _ = discrepancy_maps(fe, sub, fill, targets, geo, SIZE, STRIDE, args.batch_size, incremental=False)
+                row["crop_only_s"] = round(time.perf_counter() - began, 2)
+                diff = np.abs(maps.astype(np.float64) - ref).reshape(len(targets), -1).max(1)
+                row["max_rel_diff_vs_crop"] = float((diff / np.maximum(scale, 1e-12)).max())
+                totals["crop_s"] += row["crop_only_s"]  # type: ignore[operator]
+        truncated = model.features[: int(layer.split(".")[1]) + 1]
+        per_input = naive_per_input(truncated, sub[0], args.naive_batches)
+        naive = per_input * n_pos * len(targets)
+        row["naive_s_est"] = round(naive, 1)
+        row["speedup"] = round(naive / row["engine_s"], 1)  # type: ignore[operator]
+        if args.crop:
+            row["speedup_crop_only"] = round(naive / row["crop_only_s"], 1)  # type: ignore[operator]
+        for i, t in enumerate(targets[: args.captum]):
+            took, rel = captum_check(truncated, sub[t.image], t.unit, t.y, t.x, maps[i])
+            row.setdefault("captum_s", []).append(round(took, 1))  # type: ignore[union-attr]
+            row.setdefault("captum_max_rel_diff", []).append(rel)  # type: ignore[union-attr]
+        totals["engine_s"] += row["engine_s"]  # type: ignore[operator]
+        totals["naive_s"] += naive
+        rows[layer] = row
+        print(layer, json.dumps(row), flush=True)
+    summary = {
+        "total_engine_s": round(totals["engine_s"], 2),
+        "total_naive_s_est": round(totals["naive_s"], 1),
+        "total_speedup": round(totals["naive_s"] / totals["engine_s"], 1),
         "threads": torch.get_num_threads(),
-        "wall_speedup_vs_shared_naive": per_input * (shared_naive_inputs + args.images) / t_engine,
+        "cpu": platform.processor() or platform.machine(),
+        "load_avg_at_end": os.getloadavg(),
     }
-    if args.naive_full:
-        t0 = time.perf_counter()
-        ref, _ = naive_discrepancy_maps(forward, images, fill, targets[:1], 11, 3, args.batch_size)
-        report["naive_full_1_target_s"] = round(time.perf_counter() - t0, 1)
-        report["naive_full_max_abs_err"] = float(np.abs(ref[0] - maps[0]).max())
-    print(json.dumps(report, indent=1))
+    if args.crop:
+        summary["total_speedup_crop_only"] = round(totals["naive_s"] / totals["crop_s"], 1)
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

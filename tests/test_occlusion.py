@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ from rfstore.core.occlusion import (
     occluder_positions,
     pixel_attribution,
 )
+from rfstore.core.occlusion_chain import build_steps, trace_chain
 from rfstore.core.occlusion_plan import aligned_crop, overlap_mask, rf_pixel_bounds
 
 Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -197,15 +199,17 @@ def test_hand_weighted_conv() -> None:
     geo = {"l.0": LayerGeometry((3, 3), (1, 1), (1.0, 1.0), "conv")}
     img = torch.full((1, 3, 8, 8), 2.0)
     t = OcclusionTarget(0, "l.0", 0, 2, 3)  # RF rows 2..4, cols 3..5
-    for size, stride in [(1, 1), (2, 1), (2, 2)]:
-        maps, st = discrepancy_maps(fwd, img, torch.zeros(1, 3, 1, 1), [t], geo, size, stride)
+    for (size, stride), incremental in itertools.product([(1, 1), (2, 1), (2, 2)], (False, True)):
+        maps, st = discrepancy_maps(fwd, img, torch.zeros(1, 3, 1, 1), [t], geo, size, stride, incremental=incremental)
         pos = occluder_positions(8, size, stride)
         ov_y = np.clip(np.minimum(pos + size - 1, 4) - np.maximum(pos, 2) + 1, 0, None)
         ov_x = np.clip(np.minimum(pos + size - 1, 5) - np.maximum(pos, 3) + 1, 0, None)
         expected = 3 * 2.0 * np.outer(ov_y, ov_x)
         assert np.array_equal(maps[0], expected.astype(np.float32))
         n_overlap = int((expected > 0).sum())
-        assert st.occluded_inputs == n_overlap  # skipped positions cost nothing
+        # skipped positions cost nothing, on either path
+        assert (st.incremental_inputs if incremental else st.occluded_inputs) == n_overlap
+        assert st.incremental_targets == int(incremental)
         assert st.positions_skipped == pos.size**2 - n_overlap
 
 
@@ -255,7 +259,7 @@ def test_against_captum(alexnet: nn.Module) -> None:
 
 @pytest.mark.parametrize("hw,size,stride", [((67, 67), 7, 2), ((97, 131), 5, 5)])
 def test_alexnet_against_naive(alexnet: nn.Module, hw: tuple[int, int], size: int, stride: int) -> None:
-    layers = ["features.1", "features.2", "features.4", "features.5", "features.7", "features.11"]
+    layers = ["features.1", "features.2", "features.4", "features.5", "features.7", "features.9", "features.11"]
     fwd = alexnet_forward(alexnet, layers)
     geo = alexnet_geometry(alexnet)
     g = torch.Generator().manual_seed(2)
@@ -266,17 +270,22 @@ def test_alexnet_against_naive(alexnet: nn.Module, hw: tuple[int, int], size: in
     targets = grid_targets(shapes, 0, "features.1", 3) + grid_targets(shapes, 1, "features.4", 8)
     targets += grid_targets(shapes, 0, "features.5", 9) + [OcclusionTarget(1, "features.2", 5, 3, 4)]
     targets += argmax_targets(fwd, images, [(0, "features.7", 30), (1, "features.11", 7), (0, "features.11", 100)])
+    targets += grid_targets(shapes, 1, "features.9", 4) + grid_targets(shapes, 0, "features.11", 7)
     ref, st_naive = naive_discrepancy_maps(fwd, images, fill, targets, size, stride, batch_size=128)
     scale = unit_scales(fwd, images, targets)
-    # all targets at once (deep RFs cover these small images: mostly whole-image groups) ...
-    maps, st = discrepancy_maps(fwd, images, fill, targets, geo, size, stride, batch_size=128)
-    assert st.fallbacks == 0
+    # incremental inference for every target: corners, borders, interior; conv, ReLU, pool
+    maps, st = discrepancy_maps(fwd, images, fill, targets, geo, size, stride, batch_size=128, incremental=True)
+    assert st.incremental_targets == len(targets) and st.occluded_inputs == 0
+    assert_matches_naive(maps, ref, targets, geo, hw, size, stride, scale)
+    # crops only, all targets at once (deep RFs cover these small images: mostly whole-image groups) ...
+    maps, st = discrepancy_maps(fwd, images, fill, targets, geo, size, stride, batch_size=128, incremental=False)
+    assert st.fallbacks == 0 and st.incremental_targets == 0
     assert_matches_naive(maps, ref, targets, geo, hw, size, stride, scale)
     # ... and one layer at a time, where shallow layers run on crops
     for layer in layers[:4]:
         idx = [i for i, t in enumerate(targets) if t.layer == layer]
         sub = [targets[i] for i in idx]
-        maps, st = discrepancy_maps(fwd, images, fill, sub, geo, size, stride, batch_size=128)
+        maps, st = discrepancy_maps(fwd, images, fill, sub, geo, size, stride, batch_size=128, incremental=False)
         assert st.fallbacks == 0
         if layer == "features.1":
             assert st.occluded_pixels < st_naive.occluded_pixels / 4
@@ -315,10 +324,20 @@ def test_tiny_net_against_naive(hw: tuple[int, int], size: int, stride: int) -> 
         for y in range(shapes[layer][-2])
         for x in range(shapes[layer][-1])
     ]
-    maps, st = discrepancy_maps(fwd, images, fill, targets, geo, size, stride, batch_size=100)
     ref, _ = naive_discrepancy_maps(fwd, images, fill, targets, size, stride, batch_size=100)
+    scale = unit_scales(fwd, images, targets)
+    maps, st = discrepancy_maps(fwd, images, fill, targets, geo, size, stride, batch_size=100, incremental=False)
     assert st.fallbacks == 0
-    assert_matches_naive(maps, ref, targets, geo, hw, size, stride, unit_scales(fwd, images, targets))
+    assert_matches_naive(maps, ref, targets, geo, hw, size, stride, scale)
+    # incremental: every layer, except t.7 where its ceil-mode average pooling has a last
+    # window overhanging the padding (another divisor: the crop path takes over)
+    maps, st = discrepancy_maps(fwd, images, fill, targets, geo, size, stride, batch_size=100, incremental=True)
+    avg_ok = len(build_steps(list(net), hw, 3)[0]) == 6
+    assert avg_ok or hw != (50, 50)  # (45, 38): unsupported, so the fallback is exercised
+    assert not avg_ok or hw != (45, 38)
+    reached = [(avg_ok or t.layer != "t.7") and rf_mask(t, geo[t.layer], hw, size, stride).any() for t in targets]
+    assert st.incremental_targets == sum(reached) and st.incremental_rejected == 0
+    assert_matches_naive(maps, ref, targets, geo, hw, size, stride, scale)
 
 
 def test_guard_falls_back_on_size_dependent_forward() -> None:
@@ -342,16 +361,21 @@ def test_guard_falls_back_on_size_dependent_forward() -> None:
 # ------------------------------------------------------ batching & sharing
 
 
-def test_batch_size_invariance(alexnet: nn.Module) -> None:
+@pytest.mark.parametrize("incremental", [False, True])
+def test_batch_size_invariance(alexnet: nn.Module, incremental: bool) -> None:
     # features.7 (conv3): PyTorch's CPU conv gives other last bits for a batch of one
     # on small maps; the engine never sends N=1 (see Runner), so bits must agree.
+    # Incremental: windows do not depend on the batch, matrix products run on fixed row counts.
     layers = ["features.4", "features.7"]
     fwd = alexnet_forward(alexnet, layers)
     geo = alexnet_geometry(alexnet)
     images = torch.randn(2, 3, 67, 67, generator=torch.Generator().manual_seed(6))
     targets = argmax_targets(fwd, images, [(0, "features.4", 1), (1, "features.4", 2), (1, "features.7", 3)])
     zero = torch.zeros(1, 3, 1, 1)
-    runs = [discrepancy_maps(fwd, images, zero, targets, geo, 11, 6, batch_size=b)[0] for b in (1, 7, 256)]
+    runs = [discrepancy_maps(fwd, images, zero, targets, geo, 11, 6, batch_size=b, incremental=incremental)
+            for b in (1, 7, 256)]
+    assert all(st.incremental_targets == (3 if incremental else 0) for _, st in runs)
+    runs = [m for m, _ in runs]
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
     assert np.abs(runs[0]).max() > 0
 
@@ -367,8 +391,9 @@ def test_sharing_same_location(alexnet: nn.Module) -> None:
     targets = [OcclusionTarget(0, "features.1", u, 11, 11) for u in (1, 3)]
     targets += [OcclusionTarget(0, "features.2", 2, 5, 5)]
     targets += [OcclusionTarget(0, "features.4", u, 4, 5) for u in (0, 1, 2)]
-    joint, st = discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), targets, geo, 11, 3)
-    sep = [discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), [t], geo, 11, 3) for t in targets]
+    zero = torch.zeros(1, 3, 1, 1)
+    joint, st = discrepancy_maps(fwd, images, zero, targets, geo, 11, 3, incremental=False)
+    sep = [discrepancy_maps(fwd, images, zero, [t], geo, 11, 3, incremental=False) for t in targets]
     scale = unit_scales(fwd, images, targets)
     for i, (m, _) in enumerate(sep):
         assert np.abs(m[0]).max() > 0
@@ -443,8 +468,115 @@ def test_float64_and_empty() -> None:
     geo = seq_geometry(net, "t.")
     images = torch.randn(1, 3, 30, 33, generator=torch.Generator().manual_seed(10))
     targets = [OcclusionTarget(0, "t.4", 2, y, x) for y in (0, 3, 7) for x in (0, 4, 8)]
-    maps, st = discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), targets, geo, 3, 2, dtype=torch.float64)
     ref, _ = naive_discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), targets, 3, 2, dtype=torch.float64)
-    assert st.fallbacks == 0 and np.abs(maps - ref).max() <= 1e-6 * max(np.abs(ref).max(), 1e-6)
+    for incremental in (False, True):
+        maps, st = discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), targets, geo, 3, 2,
+                                    dtype=torch.float64, incremental=incremental)
+        assert st.fallbacks == 0 and np.abs(maps - ref).max() <= 1e-6 * max(np.abs(ref).max(), 1e-6)
+        assert st.incremental_targets == (len(targets) if incremental else 0)
     empty, st = discrepancy_maps(fwd, images, torch.zeros(1, 3, 1, 1), [], geo, 3, 2)
     assert empty.shape == (0, 14, 16) and st.forward_calls == 0
+
+
+# ------------------------------------------------- incremental inference
+
+
+def test_incremental_feature_extractor_inplace_relu() -> None:
+    """The stage's path: a FeatureExtractor over torchvision AlexNet with in-place ReLUs.
+    Pre-ReLU conv outputs (later overwritten in place) and the last pool are located in
+    the traced chain and evaluated incrementally, matching full re-inference."""
+    from rfstore.models import FeatureExtractor
+
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet(weights=None).eval()  # ReLU(inplace=True)
+    layers = ["features.3", "features.10", "features.12"]
+    images = torch.randn(1, 3, 83, 83, generator=torch.Generator().manual_seed(11))
+    fill = torch.rand(1, 3, 83, 83, generator=torch.Generator().manual_seed(12))
+    with FeatureExtractor(model, layers) as fe:
+        with torch.inference_mode():
+            shapes = {k: v.shape for k, v in fe(images).items()}
+        targets = [t for layer, unit in zip(layers, (5, 17, 3)) for t in grid_targets(shapes, 0, layer, unit)]
+        maps, st = discrepancy_maps(fe, images, fill, targets, alexnet_geometry(model), 9, 4, incremental=True)
+        ref, _ = naive_discrepancy_maps(fe, images, fill, targets, 9, 4)
+        scale = unit_scales(fe, images, targets)
+    assert st.incremental_targets == len(targets) and st.occluded_inputs == 0
+    assert_matches_naive(maps, ref, targets, alexnet_geometry(model), (83, 83), 9, 4, scale)
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+class _ShiftedConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 1.0
+
+
+@pytest.mark.parametrize("kind", ["residual", "subclass"])
+def test_incremental_stops_where_the_chain_does(kind: str) -> None:
+    """Targets past a residual addition (not a chain) or a module of an unknown type
+    (an nn.Conv2d subclass) go to the crop path; those before it stay incremental."""
+    torch.manual_seed(13)
+    odd = _Residual(4) if kind == "residual" else _ShiftedConv(4, 4, 3, padding=1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), odd, nn.Conv2d(4, 5, 3), nn.ReLU()).eval()
+    layers = ["n.1", "n.2", "n.4"]
+    fwd = seq_forward(net, "n.", layers)
+    same_rf = nn.Sequential(*net[:2], nn.Conv2d(4, 4, 3, padding=1), *net[3:])
+    geo = seq_geometry(same_rf, "n.")
+    images = torch.randn(1, 3, 33, 35, generator=torch.Generator().manual_seed(14))
+    with torch.inference_mode():
+        shapes = {k: v.shape for k, v in fwd(images).items()}
+    targets = [t for i, layer in enumerate(layers) for t in grid_targets(shapes, 0, layer, i)]
+    zero = torch.zeros(1, 3, 1, 1)
+    maps, st = discrepancy_maps(fwd, images, zero, targets, geo, 3, 2, incremental=True)
+    ref, _ = naive_discrepancy_maps(fwd, images, zero, targets, 3, 2)
+    assert st.incremental_targets == sum(t.layer == "n.1" for t in targets) and st.occluded_inputs > 0
+    assert_matches_naive(maps, ref, targets, geo, (33, 35), 3, 2, unit_scales(fwd, images, targets))
+
+
+def test_trace_chain_and_emulation_check() -> None:
+    """trace_chain follows module calls until functional code intervenes; build_cache
+    reports the first step whose padding-free emulation differs from the module."""
+    import dataclasses
+
+    from rfstore.core.occlusion_patches import build_cache
+
+    net = tiny_net()
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(15))
+
+    def fwd(v: torch.Tensor) -> dict[str, torch.Tensor]:
+        a = net[:4](v)
+        return {"t.3": a, "t.5": net[5](net[4](a) * 2.0)}
+
+    with torch.inference_mode():
+        chain, _ = trace_chain(fwd, x, ["t.3", "t.5", "t.6", "missing"])
+        assert [type(m) for m in chain.modules] == [type(m) for m in net[:5]]  # stops at "* 2.0"
+        assert chain.layers == {"t.3": 3}
+        steps, _, ends = build_steps(list(net), (40, 40), 3)
+        assert ends == [0, 2, 3, 5, 6, 7]
+        img, fill = x[:1], torch.zeros(1, 3, 40, 40)
+        _, ok, _ = build_cache(list(net), steps, ends, img, fill, [0] * 6, {}, True, 1e-5)
+        assert ok == len(steps)
+        broken = list(steps)
+        broken[3] = dataclasses.replace(steps[3], op=lambda v, op=steps[3].op: op(v) + 1e-3)
+        _, ok, _ = build_cache(list(net), broken, ends, img, fill, [0] * 6, {}, True, 1e-5)
+        assert ok == 3
+
+
+def test_incremental_shares_one_location(alexnet: nn.Module) -> None:
+    """Units of one layer at one spot of one image share every recomputed patch."""
+    fwd = alexnet_forward(alexnet, ["features.7"])
+    geo = alexnet_geometry(alexnet)
+    images = torch.randn(1, 3, 99, 99, generator=torch.Generator().manual_seed(16))
+    targets = [OcclusionTarget(0, "features.7", u, 3, 2) for u in (0, 5, 9, 40)]
+    zero = torch.zeros(1, 3, 1, 1)
+    joint, st = discrepancy_maps(fwd, images, zero, targets, geo, 11, 4, incremental=True)
+    one = discrepancy_maps(fwd, images, zero, targets[:1], geo, 11, 4, incremental=True)[1]
+    assert st.incremental_targets == 4 and st.incremental_inputs == one.incremental_inputs
+    ref, _ = naive_discrepancy_maps(fwd, images, zero, targets, 11, 4)
+    assert_matches_naive(joint, ref, targets, geo, (99, 99), 11, 4, unit_scales(fwd, images, targets))

@@ -13,16 +13,14 @@ image through the network (:func:`naive_discrepancy_maps`), but
    time on the unoccluded crop, with a whole-image fallback,
 3. shares occluded forward passes between targets of one image (greedy
    merge on crop area x positions) and packs equal-shape crops of several
-   groups/images into batches of ``batch_size``, built with tensor ops.
-
-Not done (stretch): Krypton-style incremental inference (Nakandala et al.,
-SIGMOD 2019).  One would run the unoccluded image once, keep every layer's
-map, and for each occluded input recompute per layer only the output patch
-whose input patch changed (patch grows by ``k - 1`` and is divided by the
-stride per layer), splicing it into a copy of the cached map; batched patch
-convs (same patch shape for interior positions) keep it GPU friendly.  It
-needs the layer list (not an opaque ``forward``), and past ~50 % patch
-coverage it should switch back to the crop path used here.
+   groups/images into batches of ``batch_size``, built with tensor ops,
+4. evaluates conv targets in the forward's sequential prefix by *incremental
+   inference* (Krypton, Nakandala et al., SIGMOD 2019) where estimated cheaper:
+   the unoccluded maps are computed once per image and, per occluder
+   position, only the outputs that the occluder changes inside the unit's
+   dependency cone are recomputed, layer by layer, batched over positions
+   (:mod:`rfstore.core.occlusion_dispatch` and the modules it names), with
+   run-time checks and the crop path as fallback.
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from rfstore.core.occlusion_dispatch import incremental_maps
 from rfstore.core.occlusion_exec import (
     Consumer,
     Runner,
@@ -133,6 +132,12 @@ class OcclusionStats:
         Shared work groups (one crop + position set each).
     min_crop_extent : int
         Smallest crop side accepted by ``forward`` (``H`` if never probed).
+    incremental_targets, incremental_inputs : int
+        Targets evaluated incrementally (or found never changed by the
+        occluder), and the occluder positions evaluated for them (patch
+        recomputation, not counted in ``occluded_inputs``).
+    incremental_rejected : int
+        Targets whose incremental checks failed (recomputed on crops).
     """
 
     n_targets: int
@@ -150,6 +155,9 @@ class OcclusionStats:
     fallbacks: int
     groups: int
     min_crop_extent: int
+    incremental_targets: int = 0
+    incremental_inputs: int = 0
+    incremental_rejected: int = 0
 
     @property
     def naive_inputs(self) -> int:
@@ -216,6 +224,7 @@ def discrepancy_maps(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     guard_rtol: float = 1e-5,
+    incremental: bool | None = None,
 ) -> tuple[np.ndarray, OcclusionStats]:
     """Discrepancy maps of many (image, unit, location) targets.
 
@@ -238,8 +247,12 @@ def discrepancy_maps(
     device, dtype
         Where and in which precision ``forward`` runs.
     guard_rtol : float
-        Crop guard tolerance, relative to the unit's max |activation| on the
-        full image.
+        Crop guard and incremental check tolerance, relative to the unit's
+        max |activation| on the full image.
+    incremental : bool or None
+        Incremental inference (:mod:`rfstore.core.occlusion_dispatch`) for conv
+        targets in the forward's sequential prefix: None chooses per target by
+        estimated work, True uses it wherever supported, False never.
 
     Returns
     -------
@@ -265,9 +278,18 @@ def discrepancy_maps(
         by_img: dict[int, list[Member]] = {}
         for m in members:
             by_img.setdefault(m.target.image, []).append(m)
+        counters: dict[str, int] = {}
+        if incremental is not False:
+            convs = [m for m in members if not m.linear and m.mask.any()]
+            rest, counters = incremental_maps(
+                runner, images, fill_b, convs, ref, scale, maps, (pos_y, pos_x), size,
+                batch_size, incremental, guard_rtol,
+            )
+            done = {m.index for m in convs} - {m.index for m in rest}
+            by_img = {i: [m for m in ms if m.index not in done] for i, ms in by_img.items()}
         probe_needed = any(
             not m.linear and (m.lo[0] > 0 or m.lo[1] > 0 or m.hi[0] < h - 1 or m.hi[1] < w - 1)
-            for m in members
+            for ms in by_img.values() for m in ms
         )
         extent = min_extent(runner, (h, w), images.shape[1]) if probe_needed else max(h, w)
         groups = [g for i, ms in by_img.items() for g in plan_image(i, ms, (h, w), extent)]
@@ -283,6 +305,7 @@ def discrepancy_maps(
         fallbacks=sum(len(ms) for ms in failed.values()),
         groups=len(groups),
         min_crop_extent=extent,
+        **counters,
     )
     return maps, stats
 

@@ -53,19 +53,24 @@ class Runner:
 
     def __call__(self, batch: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
         """Run ``forward`` on ``batch`` (B, C, h, w); returns outputs for the B rows."""
-        b, _, h, w = batch.shape
+        b = batch.shape[0]
         x = batch.to(self.device, self.dtype)
         if b == 1:
             x = torch.cat([x, x])
             self.padded += 1
-        self.calls += 1
-        self.inputs[kind] += b
-        self.kind_pixels[kind] += b * h * w
-        self.pixels += b * h * w
+        self.count(kind, batch)
         out = self.forward(x)
         if b == 1:
             out = {k: v[:1] for k, v in out.items()}
         return out
+
+    def count(self, kind: str, batch: torch.Tensor) -> None:
+        """Charge one forward call on ``batch`` (B, C, h, w) to counter ``kind``."""
+        b, _, h, w = batch.shape
+        self.calls += 1
+        self.inputs[kind] += b
+        self.kind_pixels[kind] += b * h * w
+        self.pixels += b * h * w
 
     def accepts(self, hw: tuple[int, int], channels: int = 3) -> bool:
         """Whether ``forward`` runs on a zero input of spatial shape ``hw``."""
