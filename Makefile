@@ -24,6 +24,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/rfstore demo demo-out/demo.zarr
 
 test: $(VENV)/.installed-dev
+	@scripts/ensure-chromium
 	@$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

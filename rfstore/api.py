@@ -1,18 +1,30 @@
-"""The Python API for notebooks: ``rfstore.open(path)`` and lazy xarray views of a store.
+"""The Python API for notebooks: ``rfstore.open(path)``, lazy xarray views and pictures of units.
 
 >>> import rfstore
->>> results = rfstore.open("alexnet.zarr")
+>>> results = rfstore.open("demo-out/demo.zarr")
 >>> results.networks
-['alexnet']
->>> ds = results["alexnet"]["features.4"]          # an xarray.Dataset, dask-backed for Zarr
->>> ds.rf_size.mean().item()
+['tiny_alexnet']
+>>> net = results["tiny_alexnet"]
+>>> ds = net["features.11"]                    # an xarray.Dataset, dask-backed for Zarr
+>>> ds.rf_size.dims
+('unit',)
+>>> net.unit_montage("features.11", 3)         # doctest: +ELLIPSIS
+<PIL.Image.Image image mode=RGB size=...>
+>>> net.unit_rf("features.11", 3).save("rf.png")
+>>> fig = net.rf_depth_plot()                  # a matplotlib Figure
+>>> fig.savefig("rf_depth.png")
 
-Nothing here writes: the store is opened read-only and every array is read lazily
-(through ``xarray.open_zarr`` or ``xarray.open_dataset(engine="h5netcdf")``).
+In Jupyter a ``PIL.Image`` shows inline when it is the cell's last value (or with
+``display(...)``); a matplotlib ``Figure`` shows inline the same way.
+
+Nothing here writes to the store: it is opened read-only and every array is read
+lazily (through ``xarray.open_zarr`` or ``xarray.open_dataset(engine="h5netcdf")``);
+the pictures read the unit's arrays and its top images from the dataset.
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +61,72 @@ class NetworkResults:
     def images(self) -> Any:
         """The ``xarray.Dataset`` of the network group: ``image_path``, ``image_label``, ``image_error``."""
         return _open_group(self.path, self.name)
+
+    def _draw(self, layer: str, unit: int, draw: Callable[..., Any]) -> Any:
+        from rfstore.report.data import ImageCache, LayerReader
+        from rfstore.stages.context import NetworkContext
+
+        if layer not in self.layers:
+            raise KeyError(f"no layer {layer!r} in {self.name}; it has {', '.join(self.layers)}")
+        with open_store(self.path, "r") as store:
+            ctx = NetworkContext.open(store, self.name)
+            return draw(LayerReader(ctx, layer).unit(int(unit)), ImageCache(ctx))
+
+    def unit_montage(self, layer: str, unit: int, scale: float | None = None, labels: bool = True) -> Any:
+        """The unit's top-K images in a row (Zhou's "top10" picture), each with its segmentation
+        (outside dimmed, outlined in yellow), NetDissect mask (magenta) and theoretical RF (cyan box).
+
+        Parameters
+        ----------
+        layer : str
+            Layer name, e.g. ``"features.11"``.
+        unit : int
+            Unit (channel) index.
+        scale : float, optional
+            Zoom of each image (default: about 256 px per image).
+        labels : bool
+            Rank and activation above each image.
+
+        Returns
+        -------
+        PIL.Image.Image or None
+            RGB, ``K`` tiles wide; None when the layer has no top images yet (``rfstore topk``).
+        """
+        from rfstore.report import figures
+
+        return self._draw(layer, unit, lambda data, images: figures.unit_montage(
+            data, images, scale or figures.tile_scale(data.info.input_hw, 256), labels=labels))
+
+    def unit_discrepancy(self, layer: str, unit: int, scale: float | None = None) -> Any:
+        """The unit's discrepancy maps over its top images (``PIL.Image``; None before ``rfstore occlude``)."""
+        from rfstore.report import figures
+
+        return self._draw(layer, unit, lambda data, images: figures.discrepancy_montage(
+            data, images, scale or figures.tile_scale(data.info.input_hw, 256)))
+
+    def unit_rf(self, layer: str, unit: int) -> Any:
+        """The unit's empirical RF heat map with its theoretical RF box (``PIL.Image``; None before ``rfstore rf``)."""
+        from rfstore.report import figures
+
+        return self._draw(layer, unit, lambda data, images: figures.rf_heatmap(data))
+
+    def unit_picture(self, layer: str, unit: int, scale: float | None = None) -> Any:
+        """Montage, discrepancy maps and RF heat map in one ``PIL.Image`` (what ``rfstore show`` writes)."""
+        from rfstore.report import figures
+
+        return self._draw(layer, unit, lambda data, images: figures.unit_sheet(
+            data, images, scale or figures.tile_scale(data.info.input_hw, 256)))
+
+    def rf_depth_plot(self) -> Any:
+        """Empirical (per unit, and mean +- std) and theoretical RF size against depth: a matplotlib ``Figure``."""
+        from rfstore.report.data import LayerReader
+        from rfstore.report.plots import rf_depth_figure
+        from rfstore.stages.context import NetworkContext
+
+        with open_store(self.path, "r") as store:
+            ctx = NetworkContext.open(store, self.name)
+            tables = [LayerReader(ctx, layer).table() for layer in ctx.layers]
+        return rf_depth_figure(tables, self.name)
 
     def __repr__(self) -> str:
         return f"NetworkResults({self.name!r}, {len(self.layers)} layers: {', '.join(self.layers)})"

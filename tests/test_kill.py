@@ -1,56 +1,241 @@
-"""kill -9 of a real ``rfstore activations`` process, then a rerun: the same arrays as one clean run."""
+"""kill -9 of real rfstore processes in every writing stage, then reruns: the store of one clean run.
+
+Each backend gets a chain of ``rfstore run`` processes on the same store; each is
+killed (SIGKILL) in the next stage (activations, topk, occlude, rf, segment) as
+soon as the store's trace (:mod:`rfstore.store.faults`) shows that stage writing;
+a last run finishes. The whole store (every array, bit for bit, and every
+attribute except timestamps and run tokens) must equal an uninterrupted run's.
+
+The runs of the fast test are processes of their own running rfstore's console
+entry point (:func:`rfstore.cli.main`), forked from a server process that has
+imported rfstore, torch and torchvision once: the ``rfstore`` script would spend
+5 to 15 s importing them for each of the 14 runs. The slow randomized test
+(random stage, random moment, no pauses) runs the ``rfstore`` script itself.
+"""
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
 
 from conftest import TESTS, write_tiny_folder
 from test_cli import RFSTORE
 
-SLOW = f"{TESTS / 'tiny_nets.py'}:slow_hand_cnn"
+SLOW_NET = f"{TESTS / 'tiny_nets.py'}:slow_hand_cnn"
+NETWORK = "slow_hand_cnn"
+LAYERS = ("net.1", "net.4")
+#: attributes that legitimately differ between two runs: timestamps and per-run tokens
+#: (a stage's fingerprint includes its upstream's generation token)
+VOLATILE_ATTRS = {"created", "generation", "fingerprint"}
+RUN_OPTIONS = ["--batch-size", "2", "--workers", "0", "--k", "3", "--size", "3", "--stride", "2",
+               "--fill", "zero", "--device", "cpu"]
+KILL_POINTS = [  # (stage, trace line that shows it writing, kill at its n-th occurrence)
+    ("activations", f"write {NETWORK}/_rfstore/activations/done", 2),  # block 0 committed, block 1 flagged
+    ("topk", f"create_array {NETWORK}/{LAYERS[0]}/topk_value", 1),
+    ("occlude", f"write {NETWORK}/_rfstore/occlude/{LAYERS[0]}/done", 1),
+    ("rf", f"write {NETWORK}/{LAYERS[0]}/rf_map", 1),
+    ("segment", f"write {NETWORK}/{LAYERS[0]}/seg_mask", 1),
+]
 
 
-@pytest.mark.parametrize("suffix", ["zarr", "h5"])
-def test_kill_9_during_activations_then_resume(tmp_path: Path, suffix: str) -> None:
-    folder = write_tiny_folder(tmp_path / "images", n_per_class=12)
-    env = {**os.environ, "RFSTORE_IMAGE_BLOCK": "4"}
-    reference, killed = tmp_path / f"ref.{suffix}", tmp_path / f"killed.{suffix}"
-    init = ["--model", SLOW, "--data", str(folder), "--preprocess", "tensor", "--layers", "net.0,net.6"]
-    for store in (reference, killed):
-        subprocess.run([RFSTORE, "init", str(store), *init], check=True, env=env, capture_output=True)
-    subprocess.run([RFSTORE, "activations", str(reference), "--batch-size", "2", "--workers", "0"],
-                   check=True, env=env, capture_output=True)
-
-    counter = tmp_path / "forwards"
-    slow_env = {**env, "RFSTORE_TEST_COUNTER": str(counter), "RFSTORE_TEST_DELAY": "0.15"}
-    proc = subprocess.Popen([RFSTORE, "activations", str(killed), "--batch-size", "2", "--workers", "0"],
-                            env=slow_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    # 24 images in blocks of 4, 2 per forward (plus probing passes): stop it mid-way
-    while time.monotonic() < deadline:
-        if counter.exists() and len(counter.read_text().splitlines()) >= 7:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-    resumed = subprocess.run([RFSTORE, "activations", str(killed), "--batch-size", "2", "--workers", "0"],
-                             env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    processed = int(resumed.stderr.split("activations: ")[1].split()[0])
-    assert 0 < processed < 24  # it resumed, it did not start over
-
+def store_contents(path: Path) -> dict[str, Any]:
+    """Every array (dtype, shape, bytes) and attribute of a store, without the volatile attributes."""
     from rfstore.store import open_store
 
-    with open_store(reference, "r") as a, open_store(killed, "r") as b:
-        for layer in ("net.0", "net.6"):
-            for name in ("act_max", "act_mean", "act_y", "act_x"):
-                np.testing.assert_array_equal(a.read(f"slow_hand_cnn/{layer}/{name}"),
-                                              b.read(f"slow_hand_cnn/{layer}/{name}"))
+    found: dict[str, Any] = {}
+    with open_store(path, "r") as store:
+        def walk(group: str) -> None:
+            found[f"{group}/@attrs"] = {k: v for k, v in store.attrs(group).items() if k not in VOLATILE_ATTRS}
+            groups, arrays = store.children(group)
+            for name in arrays:
+                full = f"{group}/{name}".strip("/")
+                values = store.read(full)
+                data = values.tolist() if values.dtype == object else values.tobytes()
+                found[full] = (values.dtype.str, values.shape, data)
+                found[f"{full}/@attrs"] = store.attrs(full)
+            for name in groups:
+                walk(f"{group}/{name}".strip("/"))
+
+        walk("")
+    return found
+
+
+def assert_same_store(reference: Path, other: Path) -> None:
+    expected, actual = store_contents(reference), store_contents(other)
+    assert sorted(actual) == sorted(expected), set(actual) ^ set(expected)
+    differ = [key for key in expected if actual[key] != expected[key]]
+    assert not differ, f"{other} differs from {reference} in {differ}"
+
+
+def run_env(tmp: Path, trace: Path | None = None, delay: float = 0.0) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RFSTORE_TEST_", "RFSTORE_DEBUG"))}
+    env |= {"RFSTORE_IMAGE_BLOCK": "4", "OMP_NUM_THREADS": "1"}
+    if trace is not None:
+        env |= {"RFSTORE_TEST_TRACE_FILE": str(trace), "RFSTORE_TEST_TRACE_DELAY": str(delay)}
+    return env
+
+
+def run_command(store: Path, folder: Path) -> list[str]:
+    return [RFSTORE, "run", str(store), "--model", SLOW_NET, "--data", str(folder), "--preprocess", "tensor",
+            "--layers", ",".join(LAYERS), *RUN_OPTIONS]
+
+
+SERVER = """
+import json, os, sys
+import torch, torchvision  # noqa: F401 - imported once, before any fork
+import rfstore.cli
+from rfstore.stages import activations, init, occlude, rf, segment, topk  # noqa: F401
+print("ready", flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:  # the child: an rfstore process of its own, as if started from the rfstore script
+        code = 1
+        try:
+            os.environ.clear()
+            os.environ.update(request["env"])
+            os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            sys.argv = ["rfstore", *request["argv"]]
+            rfstore.cli.main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    print(pid, flush=True)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class ForkServer:
+    """Starts rfstore processes (forks of one process that imported everything) one at a time."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def start(self, argv: list[str], env: dict[str, str], stderr: Path) -> int:
+        self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "stderr": str(stderr)}) + "\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def wait(self) -> int:
+        return int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def kill_when(start: Any, trace: Path, marker: str | None, nth: int = 1, timeout: float = 300) -> None:
+    """Call ``start()`` (which starts a process and gives its PID, or a Popen); SIGKILL the process once
+    ``marker`` has appeared ``nth`` times in ``trace`` (or once the trace has ``nth`` lines, for
+    ``marker=None``) unless it ended before."""
+    trace.unlink(missing_ok=True)
+    started = start()
+    pid = started if isinstance(started, int) else started.pid
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (isinstance(started, int) or started.poll() is None):
+        lines = trace.read_text().splitlines() if trace.exists() else []
+        seen = len(lines) if marker is None else sum(line == marker for line in lines)
+        if seen >= nth:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        time.sleep(0.005)
+
+
+def forked_run(server: ForkServer, store: Path, folder: Path, env: dict[str, str], stderr: Path) -> int:
+    """One ``rfstore run`` to its end; its exit code."""
+    server.start(run_command(store, folder)[1:], env, stderr)
+    return server.wait()
+
+
+def kill_chain(server: ForkServer, tmp: Path, folder: Path, suffix: str) -> dict[str, str]:
+    """Kill a run in each writing stage in turn, then let one finish; the stderr of each run."""
+    store, trace, log = tmp / f"killed.{suffix}", tmp / f"trace-{suffix}.txt", {}
+    env = run_env(tmp, trace, delay=0.01)
+    for stage, marker, nth in KILL_POINTS:
+        stderr = tmp / f"{suffix}-{stage}.err"
+        kill_when(lambda: server.start(run_command(store, folder)[1:], env, stderr), trace, marker, nth)
+        status = server.wait()
+        log[stage] = stderr.read_text()
+        assert status == -signal.SIGKILL, f"{suffix}: the run meant to be killed in {stage} ended by itself: {log[stage]}"
+    assert forked_run(server, store, folder, run_env(tmp), tmp / f"{suffix}-final.err") == 0
+    log["final"] = (tmp / f"{suffix}-final.err").read_text()
+    return log
+
+
+def test_kill_9_in_every_stage_then_rerun_gives_the_clean_store(tmp_path: Path) -> None:
+    folder = write_tiny_folder(tmp_path / "images", n_per_class=12)
+    server = ForkServer(run_env(tmp_path))
+    try:
+        for suffix in ("zarr", "h5"):
+            reference = tmp_path / f"reference.{suffix}"
+            assert forked_run(server, reference, folder, run_env(tmp_path), tmp_path / "ref.err") == 0, \
+                (tmp_path / "ref.err").read_text()
+            log = kill_chain(server, tmp_path, folder, suffix)
+            # the run killed in topk had resumed activations, not started them over
+            resumed = log["topk"].split("activations: ")[1].split()[0]
+            assert 0 < int(resumed) < 24, log["topk"]
+            assert "error" not in log["final"].lower(), log["final"]
+            assert_same_store(reference, tmp_path / f"killed.{suffix}")
+    finally:
+        server.close()
+    assert not (tmp_path / "killed.h5-journal").exists()
+    zarr, h5 = store_contents(tmp_path / "killed.zarr"), store_contents(tmp_path / "killed.h5")
+    for layer in LAYERS:  # and both backends computed the same numbers
+        for name in ("act_max", "topk_image", "discrepancy", "rf_map", "seg_mask"):
+            key = f"{NETWORK}/{layer}/{name}"
+            assert zarr[key] == h5[key], key
+
+
+def reference_store(tmp: Path, folder: Path, suffix: str) -> Path:
+    store = tmp / f"reference.{suffix}"
+    done = subprocess.run(run_command(store, folder), env=run_env(tmp), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return store
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", ["zarr", "h5"])
+def test_kill_9_at_random_moments_many_times(tmp_path: Path, suffix: str) -> None:
+    """The rfstore script, killed 1 to 3 times per round at random moments (any stage, no pauses)."""
+    rng = random.Random(f"kill-{suffix}")
+    folder = write_tiny_folder(tmp_path / "images", n_per_class=12)
+    reference = reference_store(tmp_path, folder, suffix)
+    # how many store changes a whole run makes, to spread the kills over every stage
+    count = tmp_path / "count"
+    subprocess.run(run_command(tmp_path / f"count.{suffix}", folder), env=run_env(tmp_path, count),
+                   check=True, capture_output=True, timeout=600)
+    total = len(count.read_text().splitlines())
+    trace, kills = tmp_path / "trace.txt", 0
+    for round_ in range(5):
+        store = tmp_path / f"killed{round_}.{suffix}"
+        for _ in range(rng.randint(1, 3)):
+            def start() -> subprocess.Popen:
+                return subprocess.Popen(run_command(store, folder), env=run_env(tmp_path, trace),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            proc: list[subprocess.Popen] = []
+            kill_when(lambda: proc.append(start()) or proc[0], trace, None, nth=rng.randrange(1, total))
+            proc[0].wait(timeout=600)
+            assert proc[0].returncode in (0, -signal.SIGKILL), proc[0].stderr.read()
+            kills += proc[0].returncode == -signal.SIGKILL
+        done = subprocess.run(run_command(store, folder), env=run_env(tmp_path), capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert_same_store(reference, store)
+    assert kills >= 5

@@ -565,3 +565,44 @@ def test_capture_supports_input_gradients(alexnet: nn.Module, image: torch.Tenso
             out = extractor(x)
             (out["features.4"][0, 3, 4, 5] + 0 * out["features.0"].sum()).backward()
             assert torch.allclose(x.grad, manual)
+
+
+class _InplaceAfterCapture(nn.Module):
+    """relu's output is captured, then scaled in place: only a copy or an in-hook summary survives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1, bias=False)
+        self.relu = nn.ReLU()
+        self.tail = nn.Conv2d(2, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1))
+            self.tail.weight.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.conv(x))
+        h.mul_(10.0)  # an in-place op after the captured layer
+        return self.tail(h)
+
+
+def test_reduce_summarises_in_the_hook_before_later_inplace_ops() -> None:
+    model = _InplaceAfterCapture().eval()
+    x = torch.tensor([[[[1.0, -2.0], [3.0, 0.5]]]])  # (1, 1, 2, 2)
+    seen: list[str] = []
+
+    def reduce(name: str, out: torch.Tensor) -> torch.Tensor:
+        seen.append(name)
+        return out.amax(dim=(2, 3))
+
+    with torch.inference_mode():
+        with FeatureExtractor(model, ["relu", "tail"], reduce=reduce) as extractor:
+            first = extractor(x)  # calibration pass
+            second = extractor(x)
+        with FeatureExtractor(model, ["relu"]) as plain:
+            cloned = plain(x)["relu"]
+    # on paper: channel 0 = relu(x) -> max 3; channel 1 = relu(-x) -> max 2; tail = 10 * (sum) -> max 30
+    for out in (first, second):
+        assert out["relu"].tolist() == [[3.0, 2.0]]
+        assert out["tail"].tolist() == [[30.0]]
+    assert cloned.amax(dim=(2, 3)).tolist() == [[3.0, 2.0]]
+    assert seen == ["relu", "tail", "relu", "tail"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from rfstore.cli import stage_commands as _stage_commands  # noqa: F401 - registers commands
 from rfstore.cli import method_commands as _method_commands  # noqa: F401 - registers commands
 from rfstore.cli import pipeline_commands as _pipeline_commands  # noqa: F401 - registers commands
+from rfstore.cli import report_commands as _report_commands  # noqa: F401 - registers commands
+from rfstore.cli import dissect_commands as _dissect_commands  # noqa: F401 - registers commands
 from rfstore.cli.app import app
 
 

@@ -35,7 +35,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
+        except (typer.Exit, typer.Abort, SystemExit, typer.BadParameter):  # bad usage: exit 2
             raise
         except KeyboardInterrupt:
             say("interrupted: finished work is kept; run the same command again to resume")
@@ -47,6 +47,11 @@ def handle_errors(func: F) -> F:
 
             expected = isinstance(err, (RfstoreError, ValueError, FileNotFoundError, PermissionError, OSError))
             text = str(err) or type(err).__name__
+            if isinstance(err, OSError) and err.errno is not None and err.filename:  # e.g. a full disk
+                from rfstore.store.base import NO_SPACE_ERRNOS, write_failure_message
+
+                if err.errno in NO_SPACE_ERRNOS:
+                    text = write_failure_message(err.filename, err)
             if not expected:
                 text = f"{type(err).__name__}: {text} (set RFSTORE_DEBUG=1 to see the traceback)"
             say(f"error: {text}")

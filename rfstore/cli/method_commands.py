@@ -46,13 +46,14 @@ def occlude_config(layers: str | None, units: str | None, size: int, stride: int
                          units=opt.parse_units(units), device=device, batch_size=batch_size)
 
 
-def do_occlude(store_path: Path, network: str | None, config, force: bool) -> None:
+def do_occlude(store_path: Path, network: str | None, config, force: bool, client=None) -> None:
     from rfstore.stages.context import NetworkContext
     from rfstore.stages.occlude import run_occlude
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as store:
-        result = run_occlude(NetworkContext.open(store, network), config, force, progress=unit_ticker("occlude"))
+        result = run_occlude(NetworkContext.open(store, network), config, force, progress=unit_ticker("occlude"),
+                             client=client)
     for layer, n in result.units_done.items():
         say(f"occlude: {layer}: {n} unit(s) done")
     if result.skipped_layers:
@@ -104,9 +105,14 @@ def occlude(
     batch_size: OccBatch = 256,
     network: opt.Network = None,
     force: opt.Force = False,
+    wait: opt.Wait = False,
+    cluster: opt.Cluster = None,
+    scheduler: opt.Scheduler = None,
 ) -> None:
     """Discrepancy maps: slide an occluder over each unit's top images, record the activation drop."""
-    do_occlude(store, network, occlude_config(layers, units, size, stride, fill, seed, device, batch_size), force)
+    config = occlude_config(layers, units, size, stride, fill, seed, device, batch_size)
+    with opt.cluster_session(store, cluster, scheduler) as client:
+        do_occlude(store, network, config, force, client)
 
 
 @app.command()
@@ -120,6 +126,7 @@ def rf(
     device: opt.Device = "auto",
     network: opt.Network = None,
     force: opt.Force = False,
+    wait: opt.Wait = False,
 ) -> None:
     """Empirical receptive fields: re-centre and average each unit's maps; their sizes."""
     from rfstore.stages.rf import RFConfig
@@ -135,6 +142,7 @@ def segment(
     layers: opt.Layers = None,
     network: opt.Network = None,
     force: opt.Force = False,
+    wait: opt.Wait = False,
 ) -> None:
     """Segmentations: each unit's empirical RF placed on its top images (and NetDissect masks with --maps)."""
     from rfstore.stages.segment import SegmentConfig

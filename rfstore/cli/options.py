@@ -1,8 +1,10 @@
 """Option types shared by the commands, and the small parsers that turn them into configs."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,6 +26,20 @@ Mean = Annotated[str | None, typer.Option(help="Normalisation mean, R,G,B.")]
 Std = Annotated[str | None, typer.Option(help="Normalisation std, R,G,B.")]
 Layers = Annotated[str | None, typer.Option(help="Comma list of module names (default: every ReLU).")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute, invalidating what depends on the result.")]
+
+
+def _set_wait(value: bool) -> bool:
+    """``--wait``: this process's writers queue behind another writer instead of failing."""
+    from rfstore.cli.app import say
+    from rfstore.store.lock import set_wait_policy
+
+    set_wait_policy(value, notify=say if value else None)
+    return value
+
+
+Wait = Annotated[bool, typer.Option(
+    "--wait", callback=_set_wait,
+    help="If another process is writing the store, wait for it to finish instead of failing.")]
 Network = Annotated[str | None, typer.Option(help="Network in the store (needed when it holds several).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")]
@@ -32,6 +48,48 @@ Maps = Annotated[str | None, typer.Option(help="Comma list of layers whose full 
 K = Annotated[int, typer.Option("--k", min=1, help="Images kept per unit.")]
 Measure = Annotated[str, typer.Option(help="Rank images by the unit's spatial max or mean.")]
 ClassMap = Annotated[str | None, typer.Option(help="Folder name to output index, e.g. geo=0,lmk=1.")]
+
+
+def _check_cluster(ctx: typer.Context, value: str | None) -> str | None:
+    if value is not None:
+        from rfstore.stages.cluster import parse_local
+
+        try:
+            parse_local(value)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+        if ctx.params.get("scheduler") is not None:
+            raise typer.BadParameter("--cluster and --scheduler exclude each other: start a local cluster or join one")
+    return value
+
+
+def _check_scheduler(ctx: typer.Context, value: str | None) -> str | None:
+    if value is not None and ctx.params.get("cluster") is not None:
+        raise typer.BadParameter("--cluster and --scheduler exclude each other: start a local cluster or join one")
+    return value
+
+
+Cluster = Annotated[str | None, typer.Option(
+    callback=_check_cluster, metavar="local:N",
+    help="Run on a new local Dask cluster of N worker processes (Zarr stores only; needs rfstore[dist]).")]
+Scheduler = Annotated[str | None, typer.Option(
+    callback=_check_scheduler, metavar="tcp://HOST:PORT",
+    help="Run on the running Dask cluster of this scheduler (Zarr stores only; needs rfstore[dist]).")]
+
+
+@contextmanager
+def cluster_session(store: Path, cluster: str | None, scheduler: str | None) -> Iterator[Any]:
+    """A Dask client for ``--cluster``/``--scheduler`` (None without them); an HDF5 store is refused first."""
+    if cluster is None and scheduler is None:
+        yield None
+        return
+    from rfstore.cli.app import say
+    from rfstore.stages.cluster import ClusterSpec, session
+
+    spec = ClusterSpec.from_options(cluster, scheduler)
+    with session(store, spec) as client:
+        say(f"running on {spec.describe()}")
+        yield client
 
 
 def split_list(text: str | None) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from rfstore.cli import dissect_commands as dc
 from rfstore.cli import method_commands as mc
 from rfstore.cli import options as opt
 from rfstore.cli import stage_commands as sc
@@ -54,12 +55,21 @@ def run(
     method: mc.Method = "occlusion",
     network: opt.Network = None,
     force: opt.Force = False,
+    wait: opt.Wait = False,
+    cluster: opt.Cluster = None,
+    scheduler: opt.Scheduler = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write the HTML report into this folder at the end (as 'rfstore report --out').")] = None,
 ) -> None:
-    """Run every stage in order (init, activations, topk, occlude, rf, segment), skipping what is done."""
+    """Run every stage in order (init, activations, topk, occlude, rf, segment, dissect[, report]), skipping what is done."""
     from rfstore.stages.rf import RFConfig
     from rfstore.stages.segment import SegmentConfig
     from rfstore.stages.topk import TopKConfig
 
+    if cluster is not None or scheduler is not None:
+        from rfstore.stages.cluster import require_zarr
+
+        require_zarr(store)  # before init: a distributed run stops before doing anything
     if model is not None or data is not None:
         if model is None or data is None:
             raise typer.BadParameter("run needs both --model and --data to initialise a store")
@@ -68,34 +78,97 @@ def run(
         network = network or name
     elif not _recorded(store):
         raise typer.BadParameter(f"{store} is not initialised: give --model and --data")
-    sc.do_activations(store, network, sc.activations_config(batch_size, device, workers, maps), force)
-    sc.do_topk(store, network, TopKConfig(k=k, measure=measure), force)
-    mc.do_occlude(store, network, mc.occlude_config(None, units, size, stride, fill, noise_seed, device,
-                                                    occlude_batch_size), force)
+    with opt.cluster_session(store, cluster, scheduler) as client:
+        sc.do_activations(store, network, sc.activations_config(batch_size, device, workers, maps), force, client)
+        sc.do_topk(store, network, TopKConfig(k=k, measure=measure), force, client)
+        mc.do_occlude(store, network, mc.occlude_config(None, units, size, stride, fill, noise_seed, device,
+                                                        occlude_batch_size), force, client)
     mc.do_rf(store, network, RFConfig(threshold=threshold, method=method, device=device), force, summary=True)
     mc.do_segment(store, network, SegmentConfig(), force)
+    dc.do_dissect(store, network, dc.dissect_config(), force, optional=True)  # skipped without concepts.json
+    if report is not None:
+        _report(store, report, network)
+
+
+def _report(store: Path, out: Path, network: str | None) -> Path:
+    from rfstore.cli.method_commands import unit_ticker
+    from rfstore.stages.report import ReportConfig, run_report
+    from rfstore.store import open_store
+
+    with open_store(store, "r") as st:
+        result = run_report(st, ReportConfig(out=out, network=network), progress=unit_ticker("report"))
+    say(f"report: {result.layer_pages} layer page(s), {result.unit_pages} unit page(s), "
+        f"{result.figures} figure(s) in {result.seconds:.1f} s: {result.index}")
+    return result.index
+
+
+#: the demo's settings: every stage on the trained network's five conv layers, sized to run in under
+#: two minutes on a 2-core CPU (occlusion dominates: units x K x occluder positions).
+DEMO_LAYERS = "features.1,features.4,features.7,features.9,features.11"
+DEMO_PER_CLASS = 24
+DEMO_K = 5
+DEMO_OCCLUDER = (10, 5)  # size, stride in pixels: 18 x 18 positions on the 96 x 96 scenes
+
+
+def _demo_network(store: Path, retrain: bool, weights_out: Path | None) -> tuple[str, str | None]:
+    """The model spec and weights for the demo: the shipped ones, or freshly trained ones."""
+    import json
+
+    from rfstore.demo.network import WEIGHTS_INFO, shipped_weights
+
+    shipped = json.loads((shipped_weights().parent / Path(WEIGHTS_INFO).name).read_text())
+    if not retrain:
+        say(f"demo: network trained on generated scenes (held-out accuracy {shipped['heldout_accuracy']:.3f}, "
+            f"shipped with rfstore)")
+        return "rfstore.demo.network:tiny_alexnet_trained", None
+    from rfstore.demo.train import train
+
+    out = weights_out if weights_out is not None else store.parent / "tiny_alexnet.pt"
+    say(f"demo: retraining the network from scratch into {out} (a few minutes)")
+    result = train(out, progress=lambda message: say(f"demo: train: {message}"))
+    same = result.sha256 == shipped.get("sha256")
+    say(f"demo: trained in {result.seconds:.0f} s: train accuracy {result.train_accuracy:.3f}, "
+        f"held-out accuracy {result.heldout_accuracy:.3f}; sha256 {result.sha256[:12]}... "
+        + ("(identical to the shipped weights)" if same else
+           "(differs from the shipped weights: another CPU or torch version rounds differently)"))
+    return "rfstore.demo.network:tiny_alexnet", str(out)
 
 
 @app.command()
 @handle_errors
 def demo(
     store: Annotated[Path, typer.Argument(help="Store to write (default: demo-out/demo.zarr).")] = Path("demo-out/demo.zarr"),
-    per_class: Annotated[int, typer.Option(min=1, help="Generated images per class.")] = 16,
-    seed: opt.Seed = 0,
+    per_class: Annotated[int, typer.Option(min=1, help="Generated images per class.")] = DEMO_PER_CLASS,
+    seed: Annotated[int, typer.Option(help="Seed of the generated scenes.")] = 0,
+    layers: Annotated[str, typer.Option(help="Layers to analyse.")] = DEMO_LAYERS,
+    retrain: Annotated[bool, typer.Option(
+        "--retrain", help="Train the network again from scratch (a few minutes) and use those weights; "
+                          "recomputes the store.")] = False,
+    weights_out: Annotated[Path | None, typer.Option(
+        help="Where --retrain writes the weights (default: tiny_alexnet.pt beside the store).")] = None,
     force: opt.Force = False,
+    wait: opt.Wait = False,
 ) -> None:
-    """The embedded default end to end: generated scenes, a small AlexNet-like network, every stage."""
-    from rfstore.demo.scenes import write_scene_folder
+    """The embedded default end to end: generated scenes, a small trained AlexNet-like network, every stage."""
+    from rfstore.demo.scenes import CLASSES, scene_folder_matches, write_scene_folder
+    from rfstore.demo.train import deterministic_cpu
 
     began = time.perf_counter()
+    model, weights = _demo_network(store, retrain, weights_out)
+    force = force or retrain
     data = store.parent / "demo-scenes"
-    if force or not data.exists():
-        write_scene_folder(data, per_class=per_class, seed=seed)
-        say(f"demo: wrote {per_class * 4} generated scenes to {data}")
-    run(store=store, model="rfstore.demo.network:tiny_alexnet", data=data, weights=None, seed=seed,
-        trust_pickle=False, name="tiny_alexnet", preprocess="tensor", resize=None, crop=None, mean=None, std=None,
-        layers="features.1,features.4,features.7,features.9,features.11", batch_size=32, device="auto",
-        workers=0, maps=None, k=5, measure="max", units=None, size=9, stride=3, fill="zero", noise_seed=0,
-        occlude_batch_size=256, threshold=0.5, method="occlusion", network=None, force=force)
+    if force or not scene_folder_matches(data, per_class=per_class, seed=seed):
+        write_scene_folder(data, per_class=per_class, seed=seed, replace=True)
+        say(f"demo: wrote {per_class * len(CLASSES)} generated scenes and their concept masks to {data}")
+    size, stride = DEMO_OCCLUDER
+    # one torch thread: as fast as two for this tiny network on an idle CPU, and 3x faster on a busy one
+    # (torch's worker threads spin waiting for each other when they do not get a core)
+    with deterministic_cpu():
+        run(store=store, model=model, data=data, weights=weights, seed=0,
+            trust_pickle=False, name="tiny_alexnet", preprocess="tensor", resize=None, crop=None, mean=None, std=None,
+            layers=layers, batch_size=32, device="auto", workers=0, maps=None, k=DEMO_K, measure="max", units=None,
+            size=size, stride=stride, fill="zero", noise_seed=0, occlude_batch_size=256, threshold=0.5,
+            method="occlusion", network=None, force=force, report=store.parent / "report")
     say(f"demo: done in {time.perf_counter() - began:.1f} s; store at {store}; "
         f"inspect with 'rfstore status {store}'")
+    say(f"demo: open the report: {(store.parent / 'report' / 'index.html').resolve()}")

@@ -59,7 +59,7 @@ def do_init(store_path: Path, config, force: bool) -> None:
         say(f"init: {result.skipped} file(s) skipped; 'rfstore status {store_path}' lists them")
 
 
-def do_activations(store_path: Path, network: str | None, config, force: bool) -> None:
+def do_activations(store_path: Path, network: str | None, config, force: bool, client=None) -> None:
     from rfstore.stages.activations import run_activations
     from rfstore.stages.context import NetworkContext
     from rfstore.stages.progress import Plan
@@ -67,7 +67,7 @@ def do_activations(store_path: Path, network: str | None, config, force: bool) -
 
     with open_store(store_path, "a") as store:
         ctx = NetworkContext.open(store, network)
-        result = run_activations(ctx, config, force, progress=progress_bar("activations"))
+        result = run_activations(ctx, config, force, progress=progress_bar("activations"), client=client)
     if result.plan is Plan.SKIP:
         say("activations: already complete with these settings; nothing to do")
     else:
@@ -80,14 +80,14 @@ def do_activations(store_path: Path, network: str | None, config, force: bool) -
             say(f"  ... and {len(result.unreadable) - 20} more ('rfstore status' lists them all)")
 
 
-def do_topk(store_path: Path, network: str | None, config, force: bool) -> None:
+def do_topk(store_path: Path, network: str | None, config, force: bool, client=None) -> None:
     from rfstore.stages.context import NetworkContext
     from rfstore.stages.progress import Plan
     from rfstore.stages.topk import run_topk
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as store:
-        plans = run_topk(NetworkContext.open(store, network), config, force)
+        plans = run_topk(NetworkContext.open(store, network), config, force, client=client)
     done = [layer for layer, plan in plans.items() if plan is not Plan.SKIP]
     say(f"topk: K={config.k} by {config.measure} for {len(done)} layer(s)"
         if done else "topk: already complete with these settings; nothing to do")
@@ -110,6 +110,7 @@ def init(
     std: opt.Std = None,
     layers: opt.Layers = None,
     force: opt.Force = False,
+    wait: opt.Wait = False,
 ) -> None:
     """Record the network, its preprocessing, the image folder and the layers of interest."""
     do_init(store, init_config(model, data, weights, seed, trust_pickle, name, preprocess,
@@ -133,9 +134,14 @@ def activations(
     maps: opt.Maps = None,
     network: opt.Network = None,
     force: opt.Force = False,
+    wait: opt.Wait = False,
+    cluster: opt.Cluster = None,
+    scheduler: opt.Scheduler = None,
 ) -> None:
     """Stream the images once; store each unit's spatial max, mean and argmax per image."""
-    do_activations(store, network, activations_config(batch_size, device, workers, maps), force)
+    config = activations_config(batch_size, device, workers, maps)
+    with opt.cluster_session(store, cluster, scheduler) as client:
+        do_activations(store, network, config, force, client)
 
 
 @app.command()
@@ -146,11 +152,16 @@ def topk(
     measure: opt.Measure = "max",
     network: opt.Network = None,
     force: opt.Force = False,
+    wait: opt.Wait = False,
+    cluster: opt.Cluster = None,
+    scheduler: opt.Scheduler = None,
 ) -> None:
     """Each unit's K most activating images, with values and argmax positions."""
     from rfstore.stages.topk import TopKConfig
 
-    do_topk(store, network, TopKConfig(k=k, measure=measure), force)
+    config = TopKConfig(k=k, measure=measure)
+    with opt.cluster_session(store, cluster, scheduler) as client:
+        do_topk(store, network, config, force, client)
 
 
 @app.command()
@@ -163,6 +174,7 @@ def validate(
     workers: opt.Workers = None,
     network: opt.Network = None,
     force: opt.Force = False,
+    wait: opt.Wait = False,
 ) -> None:
     """Accuracy and confusion matrix of the network on the labelled image folder."""
     from rfstore.stages.context import NetworkContext

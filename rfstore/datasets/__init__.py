@@ -5,8 +5,12 @@
 * :class:`Preprocessing` -> (3, H, W) float32 network input, JSON round trip
 * :class:`ImageFolderDataset` + :func:`collate_images` -> batches of good images plus
   a list of ``(image_index, reason)`` for bad ones
+* :func:`check_relative_paths`, :func:`resolve_inside` -> a store's image paths never
+  leave the dataset root
 """
 from __future__ import annotations
+
+from typing import Any
 
 from rfstore.datasets import reasons
 from rfstore.datasets.image_folder import (
@@ -17,13 +21,26 @@ from rfstore.datasets.image_folder import (
     scan_image_folder,
 )
 from rfstore.datasets.image_loading import BadImageError, load_rgb
-from rfstore.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from rfstore.datasets.torch_dataset import (
-    ImageBatch,
-    ImageFolderDataset,
-    ImageSizeMismatchError,
-    collate_images,
-)
+from rfstore.datasets.paths import UnsafeImagePathError, check_relative_paths, resolve_inside
+
+# torch and torchvision take seconds to import: the names that need them load on first use,
+# so that store-only code (status, path checks) stays fast
+_LAZY = {
+    "IMAGENET_MEAN": "preprocess", "IMAGENET_STD": "preprocess", "Preprocessing": "preprocess",
+    "ImageBatch": "torch_dataset", "ImageFolderDataset": "torch_dataset",
+    "ImageSizeMismatchError": "torch_dataset", "collate_images": "torch_dataset",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"rfstore.datasets.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rfstore.datasets' has no attribute {name!r}")
+
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -37,8 +54,11 @@ __all__ = [
     "ImageSizeMismatchError",
     "Preprocessing",
     "SkippedFile",
+    "UnsafeImagePathError",
+    "check_relative_paths",
     "collate_images",
     "load_rgb",
     "reasons",
+    "resolve_inside",
     "scan_image_folder",
 ]

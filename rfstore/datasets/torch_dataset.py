@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from rfstore.datasets import reasons
 from rfstore.datasets.image_folder import ImageFolderIndex
 from rfstore.datasets.image_loading import BadImageError, load_rgb
+from rfstore.datasets.paths import UnsafeImagePathError, check_relative_paths, resolve_inside
 from rfstore.datasets.preprocess import Preprocessing
 
 __all__ = [
@@ -141,6 +142,8 @@ class ImageFolderDataset(Dataset[ImageItem]):
     ) -> None:
         self.root = Path(root)
         self.preprocessing = preprocessing
+        check_relative_paths(paths)  # a store's paths never leave the root (UnsafeImagePathError)
+        self._real_root = os.path.realpath(self.root)
         self._image_ids = _PackedStrings(paths)
         n_images = len(self._image_ids)
         if indices is None:
@@ -171,7 +174,10 @@ class ImageFolderDataset(Dataset[ImageItem]):
 
     def __getitem__(self, position: int) -> ImageItem:
         image_index = int(self._indices[position])
-        path = self.root / self._image_ids[image_index]
+        try:  # a symlink put in after init may lead out of the root: never follow it there
+            path = resolve_inside(self.root, self._image_ids[image_index], self._real_root)
+        except UnsafeImagePathError:
+            return image_index, self._placeholder(), reasons.SYMLINK_OUTSIDE_ROOT
         try:
             image = load_rgb(path)
         except BadImageError as error:

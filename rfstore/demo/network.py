@@ -1,22 +1,39 @@
 """A small AlexNet-like CNN for the demo (five conv layers, ReLUs, max-pools, two linear layers).
 
-Built by :func:`tiny_alexnet`, usable as ``--model rfstore.demo.network:tiny_alexnet``.
+Two factories:
+
+- :func:`tiny_alexnet` (``--model rfstore.demo.network:tiny_alexnet``): random
+  initialisation (seeded by the caller), used by tests;
+- :func:`tiny_alexnet_trained` (``--model rfstore.demo.network:tiny_alexnet_trained``):
+  the weights trained by :mod:`rfstore.demo.train` on the generated scenes and
+  shipped with rfstore (``rfstore/demo/weights/tiny_alexnet.pt``, a state dict;
+  ``tiny_alexnet.json`` beside it records its sha256, the training parameters
+  and the accuracies).
 """
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
 from torch import nn
+
+from rfstore.demo.scenes import CLASSES
+
+#: the shipped weights, relative to the ``rfstore.demo`` package.
+WEIGHTS_FILE = "weights/tiny_alexnet.pt"
+WEIGHTS_INFO = "weights/tiny_alexnet.json"
 
 
 class TinyAlexNet(nn.Module):
-    """AlexNet's layout at a fifth of its width, for 96x96 inputs.
+    """AlexNet's layout at a fifth of its width, for 96x96 inputs with pixel values in [0, 1].
 
     Parameters
     ----------
     num_classes : int
-        Outputs of the classifier.
+        Outputs of the classifier (the demo's scene classes by default).
     """
 
-    def __init__(self, num_classes: int = 4) -> None:
+    def __init__(self, num_classes: int = len(CLASSES)) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(3, 16, kernel_size=7, stride=2, padding=3),    # 0
@@ -46,5 +63,28 @@ class TinyAlexNet(nn.Module):
 
 
 def tiny_alexnet() -> TinyAlexNet:
-    """Factory for ``--model rfstore.demo.network:tiny_alexnet``."""
+    """Factory for ``--model rfstore.demo.network:tiny_alexnet`` (random init)."""
     return TinyAlexNet()
+
+
+def shipped_weights() -> Path:
+    """Path of the state dict shipped as package data."""
+    path = Path(str(resources.files("rfstore.demo").joinpath(WEIGHTS_FILE)))
+    if not path.is_file():
+        raise FileNotFoundError(f"the demo's trained weights are missing ({path}); "
+                                f"reinstall rfstore or run 'rfstore demo --retrain'")
+    return path
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state dict (``torch.load(..., weights_only=True)``) into ``model``; returns it in eval mode."""
+    import torch
+
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def tiny_alexnet_trained() -> TinyAlexNet:
+    """Factory for ``--model rfstore.demo.network:tiny_alexnet_trained``: the shipped trained weights."""
+    return load_weights(TinyAlexNet(), shipped_weights())

@@ -139,13 +139,18 @@ def load_torchscript(path_text: str, spec: str) -> tuple[nn.Module, str]:
     return model, sha256_file(path)
 
 
-def load_pickle(path_text: str, trust: bool, spec: str) -> tuple[nn.Module, str]:
+def load_pickle(path_text: str, trust: bool, spec: str,
+                expected_sha256: str | None = None) -> tuple[nn.Module, str]:
     """Unpickle a whole model (``torch.save(model)``) if the user trusts the file.
+
+    ``expected_sha256`` (the digest recorded when the user trusted the file) must
+    match the file's before anything is unpickled, so a store can only reload the
+    very file that was trusted at ``init``.
 
     Raises
     ------
     UntrustedPickleError
-        If `trust` is False.
+        If `trust` is False, or the file is not the one with ``expected_sha256``.
     ModelLoadError
         If the file is unreadable or does not hold an ``nn.Module``.
     """
@@ -155,6 +160,13 @@ def load_pickle(path_text: str, trust: bool, spec: str) -> tuple[nn.Module, str]
             f"refusing to unpickle {str(path)!r}: unpickling executes arbitrary code "
             "stored in the file, so pass --trust-pickle (trust_pickle=True) only for "
             "files you trust, or save a state_dict and use a 'module:factory' spec"
+        )
+    digest = sha256_file(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise UntrustedPickleError(
+            f"refusing to unpickle {str(path)!r}: its sha256 {digest[:12]}... is not that of the "
+            f"file trusted at init ({expected_sha256[:12]}...); rerun 'rfstore init --force "
+            "--trust-pickle' if you trust the new file"
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -174,4 +186,4 @@ def load_pickle(path_text: str, trust: bool, spec: str) -> tuple[nn.Module, str]
             f"{str(path)!r} holds a {type(obj).__name__}, not a torch.nn.Module; "
             "save the model itself with torch.save(model, path)"
         )
-    return obj, sha256_file(path)
+    return obj, digest

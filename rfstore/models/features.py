@@ -15,6 +15,10 @@ Rules
   that run later (``ReLU(inplace=True)``, ``out += identity``) cannot change
   them.  The output that ends the pass is not cloned (nothing runs after it)
   unless it shares memory with the input.
+* With ``reduce``, each output is summarised inside its hook instead
+  (``reduce(name, output)``), at the moment the module returns it: no clone
+  is needed, later in-place operations cannot change the summary, and the
+  full-size outputs of early layers are freed as the pass goes on.
 * TorchScript modules do not support forward hooks, so capture needs an
   eager model; a :class:`LayerSelectionError` says so.
 """
@@ -47,7 +51,7 @@ class _Run:
     calls: list[int]
     remaining: int
     source: torch.Tensor
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[int, Any] = field(default_factory=dict)
 
 
 class _HookState(threading.local):
@@ -63,7 +67,13 @@ def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
         return True
 
 
-def _make_hook(state: _HookState, slot: int, label: str) -> Callable[..., None]:
+Reducer = Callable[[str, torch.Tensor], Any]
+
+
+def _make_hook(state: _HookState, slot: int, label: str, reduce: Reducer | None) -> Callable[..., None]:
+    def take(output: torch.Tensor) -> Any:
+        return output.clone() if reduce is None else reduce(label, output)
+
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         run = state.run
         if run is None:
@@ -75,7 +85,7 @@ def _make_hook(state: _HookState, slot: int, label: str) -> Callable[..., None]:
             )
         run.calls[slot] += 1
         if run.expected is None:  # calibration: keep every call, the last one wins
-            run.outputs[slot] = output.clone()
+            run.outputs[slot] = take(output)
             return
         count, expected = run.calls[slot], run.expected[slot]
         if count < expected:
@@ -88,10 +98,13 @@ def _make_hook(state: _HookState, slot: int, label: str) -> Callable[..., None]:
             )
         run.remaining -= 1
         if run.remaining == 0:
-            keep = _shares_memory(output, run.source)
-            run.outputs[slot] = output.clone() if keep else output
+            if reduce is not None:
+                run.outputs[slot] = reduce(label, output)
+            else:
+                keep = _shares_memory(output, run.source)
+                run.outputs[slot] = output.clone() if keep else output
             raise _StopForward
-        run.outputs[slot] = output.clone()
+        run.outputs[slot] = take(output)
 
     return hook
 
@@ -105,6 +118,11 @@ class FeatureExtractor(nn.Module):
         An eager (non-TorchScript) network; it becomes a submodule.
     layers : Sequence[str]
         Module names from ``model.named_modules()``, each at most once.
+    reduce : callable, optional
+        ``reduce(name, output) -> summary``, applied inside the hook to each
+        captured output; the pass then returns the summaries instead of
+        tensors. For a module reachable under several requested names, the
+        first of them is passed.
 
     Raises
     ------
@@ -120,7 +138,7 @@ class FeatureExtractor(nn.Module):
     be used directly, and several threads may share one extractor.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], reduce: Reducer | None = None) -> None:
         super().__init__()
         if isinstance(model, torch.jit.ScriptModule):
             raise LayerSelectionError(
@@ -152,7 +170,7 @@ class FeatureExtractor(nn.Module):
                     f"layer {name!r} is a TorchScript module, which does not support "
                     "forward hooks; layer capture needs an eager model"
                 )
-            hook = _make_hook(self._state, slot, name)
+            hook = _make_hook(self._state, slot, name, reduce)
             self._handles.append(module.register_forward_hook(hook))
 
     @property
@@ -191,7 +209,8 @@ class FeatureExtractor(nn.Module):
         -------
         dict[str, torch.Tensor]
             Layer name to output, in the order of `layers`; conv layers give
-            ``(N, C, H', W')``, linear layers ``(N, F)``.
+            ``(N, C, H', W')``, linear layers ``(N, F)``. With ``reduce``, the
+            values are its summaries instead.
         """
         if not self._handles:
             raise RuntimeError("this FeatureExtractor is closed; create a new one")

@@ -206,13 +206,16 @@ class LoadedModel:
     num_classes: int | None
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
+def load_model(spec: ModelSpec, expected_weights_sha256: str | None = None) -> LoadedModel:
     """Build the network described by `spec`.
 
     Parameters
     ----------
     spec : ModelSpec
         What to build; see :class:`ModelSpec`.
+    expected_weights_sha256 : str, optional
+        For ``pickle:`` specs, the sha256 the file must have before it is unpickled
+        (what ``init`` recorded): a store never makes rfstore unpickle another file.
 
     Returns
     -------
@@ -245,7 +248,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     elif parsed.kind == "torchscript":
         module, digest = load_torchscript(parsed.target, spec.spec)
     else:
-        module, digest = load_pickle(parsed.target, spec.trust_pickle, spec.spec)
+        module, digest = load_pickle(parsed.target, spec.trust_pickle, spec.spec, expected_weights_sha256)
     module = finalize_module(module)
     found = last_linear(module)
     num_classes = None

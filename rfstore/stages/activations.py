@@ -8,13 +8,18 @@ Writes, per layer: ``act_max``, ``act_mean``, ``act_y``, ``act_x`` (image, unit)
 The images are streamed in blocks of :data:`~rfstore.store.layout.IMAGE_BLOCK` images
 (one chunk along ``image``); a block's arrays are written, flushed and only then
 flagged done, so a killed run redoes at most the block in flight and memory
-stays flat whatever the dataset's size.
+stays flat whatever the dataset's size. Batches never straddle two blocks (each
+block is cut into batches from its first image), so every image is computed in
+the same batch whether the run is fresh, resumed, or split over a Dask cluster
+(``client``, see :mod:`rfstore.stages.distributed`), which makes all three give
+the same bits.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,9 +91,18 @@ def default_workers() -> int:
 
 
 def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool = False,
-                    progress: Callable[[Iterator, int], Iterator] | None = None) -> ActivationsResult:
-    """Compute and store the activation summaries of every recorded layer (see module docstring)."""
+                    progress: Callable[[Iterator, int], Iterator] | None = None,
+                    client: Any = None) -> ActivationsResult:
+    """Compute and store the activation summaries of every recorded layer (see module docstring).
+
+    With a ``distributed.Client`` the blocks of images run as tasks on its cluster
+    (a Zarr store only); this process keeps the bookkeeping.
+    """
     store, network = ctx.store, ctx.network
+    if client is not None:
+        from rfstore.stages.cluster import require_zarr
+
+        require_zarr(store.path)
     maps = ctx.check_layers(list(config.maps)) if config.maps else []
     tracker = StageProgress(store, network, "activations")
     fp = fingerprint("activations", STAGE_VERSION, config.params(), [ctx.attrs["init_fingerprint"]])
@@ -119,7 +133,12 @@ def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool 
     todo = np.flatnonzero(~tracker.done_mask())
     blocks = _blocks(todo, ctx.n_images, block)
     indices = [i for _, start, stop in blocks for i in range(start, stop)]
-    if indices:
+    if indices and client is not None:
+        from rfstore.stages.distributed import activations_on_cluster
+
+        activations_on_cluster(client, ctx, config, tracker, blocks, units, map_shapes, progress)
+        result.images_done = len(indices)
+    elif indices:
         _stream(ctx, config, tracker, blocks, indices, units, map_shapes, progress)
         result.images_done = len(indices)
     tracker.complete()
@@ -127,15 +146,31 @@ def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool 
     return result
 
 
-def _stream(ctx: NetworkContext, config: ActivationsConfig, tracker: StageProgress,
+def block_batches(blocks: list[tuple[int, int, int]], batch_size: int) -> list[list[int]]:
+    """Dataset positions of each batch: every block cut into batches from its first image."""
+    batches, offset = [], 0
+    for _, start, stop in blocks:
+        n = stop - start
+        batches += [list(range(offset + b, offset + min(n, b + batch_size))) for b in range(0, n, batch_size)]
+        offset += n
+    return batches
+
+
+def _stream(ctx: NetworkContext, config: ActivationsConfig, tracker: StageProgress | None,
             blocks: list[tuple[int, int, int]], indices: list[int], units: dict[str, int],
-            map_shapes: dict[str, tuple[int, int]], progress: Callable | None) -> None:
+            map_shapes: dict[str, tuple[int, int]], progress: Callable | None,
+            write_block: Callable[[int, _BlockBuffer], None] | None = None) -> None:
+    """Compute ``blocks`` (whose images are ``indices``) and write each block as it completes.
+
+    ``write_block(block_id, buffer)`` replaces the default write-then-flag-done
+    (a cluster task writes its block and leaves the flag to the client).
+    """
     device = resolve_device(config.device)
     model = ctx.load_model().module.to(device)
-    extractor = FeatureExtractor(model, ctx.layers)
+    extractor = FeatureExtractor(model, ctx.layers, reduce=_summariser(map_shapes))
     dataset = ImageFolderDataset(ctx.dataset_root, list(ctx.image_paths()), ctx.preprocessing, indices)
     workers = default_workers() if config.num_workers is None else config.num_workers
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=workers,
+    loader = DataLoader(dataset, batch_sampler=block_batches(blocks, config.batch_size), num_workers=workers,
                         collate_fn=dataset.collate, pin_memory=device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     pending = iter(blocks)
@@ -150,13 +185,7 @@ def _stream(ctx: NetworkContext, config: ActivationsConfig, tracker: StageProgre
                 good[np.flatnonzero(image_ids == image)] = False
             outputs: dict[str, dict[str, np.ndarray]] = {}
             if images.shape[0]:
-                features = extractor(images.to(device, non_blocking=True))
-                for layer in ctx.layers:
-                    act = features[layer]
-                    summary = dict(zip(QUANTITIES, (t.cpu().numpy() for t in spatial_summary(act))))
-                    if layer in map_shapes:
-                        summary["act_map"] = act.to(torch.float16).cpu().numpy()
-                    outputs[layer] = summary
+                outputs = extractor(images.to(device, non_blocking=True))
             rows = np.full(len(image_ids), -1)
             rows[good] = np.arange(int(good.sum()))
             error_of = dict(errors)
@@ -174,17 +203,42 @@ def _stream(ctx: NetworkContext, config: ActivationsConfig, tracker: StageProgre
                 for i in np.flatnonzero(~ok):
                     buffer.errors[local[i]] = error_of[int(image_ids[pos + i])]
                 buffer.filled += end - pos
-                if buffer.complete:
+                if buffer.complete and write_block is not None:
+                    write_block(block_id, buffer)
+                elif buffer.complete:
                     _write_block(ctx, tracker, block_id, buffer)
+                if buffer.complete:
+                    buffer.arrays.clear()  # free it before the next block's buffer is allocated
                 pos = end
 
 
+def _summariser(map_shapes: dict[str, tuple[int, int]]) -> Callable[[str, torch.Tensor], dict[str, np.ndarray]]:
+    """The extractor's in-hook reduction: a layer's output to its per-unit summaries.
+
+    Summarising in the hook needs no copy of the (B, U, H, W) output and frees it
+    as the pass goes on; ``act_map`` (float16) is kept only for ``--maps`` layers.
+    """
+
+    def summarise(layer: str, act: torch.Tensor) -> dict[str, np.ndarray]:
+        summary = dict(zip(QUANTITIES, (t.cpu().numpy() for t in spatial_summary(act))))
+        if layer in map_shapes:
+            summary["act_map"] = act.to(torch.float16).cpu().numpy()
+        return summary
+
+    return summarise
+
+
 def _write_block(ctx: NetworkContext, tracker: StageProgress, block_id: int, buffer: _BlockBuffer) -> None:
+    write_block_arrays(ctx, buffer)
+    tracker.mark_done(block_id)
+
+
+def write_block_arrays(ctx: NetworkContext, buffer: _BlockBuffer) -> None:
+    """Write one block's rows (whole chunks along ``image``) of every per-image array."""
     rows = slice(buffer.start, buffer.stop)
     for (layer, q), array in buffer.arrays.items():
         ctx.store.write(f"{layer_group(ctx.network, layer)}/{q}", rows, array)
     ctx.store.write(f"{ctx.network}/image_error", rows, buffer.errors)
-    tracker.mark_done(block_id)
 
 
 def unreadable_images(ctx: NetworkContext) -> list[tuple[str, str]]:

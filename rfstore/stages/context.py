@@ -90,8 +90,15 @@ class NetworkContext:
         return self.store.array_spec(f"{self.network}/image_path").shape[0]
 
     def image_paths(self) -> np.ndarray:
-        """``(N,)`` object array of image paths relative to the dataset root."""
-        return self.store.read(f"{self.network}/image_path")
+        """``(N,)`` object array of image paths relative to the dataset root (checked: none leaves it)."""
+        from rfstore.datasets.paths import UnsafeImagePathError, check_relative_paths
+
+        paths = self.store.read(f"{self.network}/image_path")
+        try:
+            check_relative_paths(paths)
+        except UnsafeImagePathError as err:
+            raise RfstoreError(f"{self.store.path}: {err}") from None
+        return paths
 
     def layer_attrs(self, layer: str) -> dict[str, Any]:
         return self.store.attrs(layer_group(self.network, layer))
@@ -105,14 +112,19 @@ class NetworkContext:
             return self.layers
         unknown = [name for name in selection if name not in self.layers]
         if unknown:
-            raise RfstoreError(f"layer(s) {', '.join(unknown)} not in the store; it records: {', '.join(self.layers)}")
+            import difflib
+
+            near = sorted({m for name in unknown for m in difflib.get_close_matches(name, self.layers, n=3, cutoff=0.5)})
+            hint = f"near matches: {', '.join(near)}; " if near else ""
+            raise RfstoreError(f"layer(s) {', '.join(unknown)} not in the store; {hint}"
+                               f"it records: {', '.join(self.layers)}")
         return [name for name in self.layers if name in selection]
 
     def load_model(self) -> LoadedModel:
         """Rebuild the recorded model and check its parameters are bit-identical to init's."""
         from rfstore.models import load_model
 
-        loaded = load_model(self.model_spec)
+        loaded = load_model(self.model_spec, expected_weights_sha256=self.attrs.get("weights_sha256") or None)
         recorded = self.attrs.get("parameters_sha256")
         actual = parameters_digest(loaded.module)
         if recorded != actual:
@@ -143,7 +155,7 @@ def load_images(ctx: NetworkContext, image_ids: list[int]) -> torch.Tensor:
     """``(len(image_ids), 3, H, W)`` preprocessed images, read again from the dataset."""
     import torch
 
-    from rfstore.datasets import load_rgb
+    from rfstore.datasets import load_rgb, resolve_inside
 
     paths = ctx.image_paths()
     preprocessing = ctx.preprocessing
@@ -151,7 +163,7 @@ def load_images(ctx: NetworkContext, image_ids: list[int]) -> torch.Tensor:
     for image in image_ids:
         relative = str(paths[image])
         try:
-            tensors.append(preprocessing(load_rgb(ctx.dataset_root / relative)))
+            tensors.append(preprocessing(load_rgb(resolve_inside(ctx.dataset_root, relative))))
         except Exception as err:
             raise MissingInputError(f"cannot read image {relative} again ({err}); "
                                     f"was the dataset changed since 'rfstore activations'?") from err

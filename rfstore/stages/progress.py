@@ -119,7 +119,9 @@ class StageProgress:
             if rec.fingerprint == fp:
                 if rec.state == "complete":
                     return Plan.SKIP
-                if self._done_length() == n_blocks:
+                # resume only once a block is done: a stage killed before that may not
+                # have created all its arrays yet, so it starts afresh
+                if self._done_length() == n_blocks and self.done_mask().any():
                     return Plan.RESUME
             else:
                 raise StageMismatchError(self._mismatch_message(rec.params, params))

@@ -1,7 +1,7 @@
 """``rfstore status``: a plain-text account of what a store holds (read only).
 
 Reads: root and network attrs, every stage's bookkeeping, ``image_error``,
-``rf_size`` where present. Writes nothing.
+``rf_size`` and ``concept`` where present. Writes nothing.
 """
 from __future__ import annotations
 
@@ -49,13 +49,14 @@ def _network_status(ctx: NetworkContext) -> list[str]:
         f"  activations: {stage_state(ctx.store, ctx.network, 'activations')}",
     ]
     header = f"  {'layer':<16}{'kind':<7}{'units':>6}  {'RF theory':>10}" + "".join(
-        f"{stage:>15}" for stage in STAGE_ORDER[1:5]) + f"{'RF empirical':>16}"
+        f"{stage:>15}" for stage in STAGE_ORDER[1:6]) + f"{'RF empirical':>16}{'labelled':>10}"
     lines.append(header)
     for layer in ctx.layers:
         la = ctx.layer_attrs(layer)
         rf = "x".join(str(v) for v in la["rf_theory_size"]) if "rf_theory_size" in la else "n/a"
-        states = "".join(f"{stage_state(ctx.store, ctx.network, stage, layer):>15}" for stage in STAGE_ORDER[1:5])
-        lines.append(f"  {layer:<16}{la['kind']:<7}{la['num_units']:>6}  {rf:>10}{states}{_empirical(ctx, layer):>16}")
+        states = "".join(f"{stage_state(ctx.store, ctx.network, stage, layer):>15}" for stage in STAGE_ORDER[1:6])
+        lines.append(f"  {layer:<16}{la['kind']:<7}{la['num_units']:>6}  {rf:>10}{states}{_empirical(ctx, layer):>16}"
+                     f"{_labelled(ctx, layer):>10}")
     skipped = attrs.get("skipped_files", [])
     unreadable = _unreadable(ctx)
     if skipped or unreadable:
@@ -82,8 +83,20 @@ def _empirical(ctx: NetworkContext, layer: str) -> str:
     return f"{sizes.mean():.1f} +- {sizes.std():.1f}"
 
 
+def _labelled(ctx: NetworkContext, layer: str) -> str:
+    """Units with a concept label (dissect stage) out of the layer's units, or ``-``."""
+    path = f"{layer_group(ctx.network, layer)}/concept"
+    if not ctx.store.is_array(path):
+        return "-"
+    labels = ctx.store.read(path)
+    return f"{int((labels != '').sum())}/{labels.size}"
+
+
 def _weights(model: dict) -> str:
     weights = model.get("weights")
     if weights in (None, "none"):
-        return f"random init, seed {model.get('seed') if model.get('seed') is not None else 0}"
+        seed = model.get("seed") if model.get("seed") is not None else 0
+        if not str(model.get("spec", "")).startswith("torchvision:"):  # a factory may load its own weights
+            return f"the factory's weights, seed {seed}"
+        return f"random init, seed {seed}"
     return f"weights {weights}"

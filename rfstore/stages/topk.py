@@ -12,6 +12,7 @@ memory does not grow with the dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,16 @@ class TopKConfig:
         return {"k": self.k, "measure": self.measure}
 
 
-def run_topk(ctx: NetworkContext, config: TopKConfig, force: bool = False) -> dict[str, Plan]:
-    """Compute and store the top-K of every layer; returns what was done per layer."""
+def run_topk(ctx: NetworkContext, config: TopKConfig, force: bool = False, client: Any = None) -> dict[str, Plan]:
+    """Compute and store the top-K of every layer; returns what was done per layer.
+
+    With a ``distributed.Client`` each image block's partial top-K is a task on its
+    cluster and this process merges them (same result, see :mod:`rfstore.core.topk`).
+    """
+    if client is not None:
+        from rfstore.stages.cluster import require_zarr
+
+        require_zarr(ctx.store.path)
     upstream = upstream_token(ctx.store, ctx.network, "activations", needed_by="topk")
     plans = {}
     for layer in ctx.layers:
@@ -50,7 +59,12 @@ def run_topk(ctx: NetworkContext, config: TopKConfig, force: bool = False) -> di
         plans[layer] = plan
         if plan is Plan.SKIP:
             continue
-        result = layer_topk(ctx, layer, config)
+        if client is not None:
+            from rfstore.stages.distributed import layer_topk_on_cluster
+
+            result = layer_topk_on_cluster(client, ctx, layer, config)
+        else:
+            result = layer_topk(ctx, layer, config)
         group = layer_group(ctx.network, layer)
         write_coordinate(ctx.store, group, "rank", np.arange(config.k))
         for name, spec in topk_specs(ctx.n_units(layer), config.k).items():

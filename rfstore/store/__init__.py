@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rfstore.store.base import ArraySpec, Store, StoreError
-from rfstore.store.lock import StoreLock, StoreLockedError
+from rfstore.store import faults
+from rfstore.store.base import ArraySpec, Store, StoreError, StoreWriteError
+from rfstore.store.lock import StoreLock, StoreLockedError, default_wait
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 ZARR_SUFFIXES = (".zarr",)
@@ -24,22 +25,24 @@ def backend_for(path: str | Path) -> str:
     raise StoreError(f"store path {str(path)!r} must end in .zarr (Zarr v3 directory) or .h5/.hdf5 (HDF5 file)")
 
 
-def open_store(path: str | Path, mode: str = "r", wait: bool = False) -> Store:
+def open_store(path: str | Path, mode: str = "r", wait: bool | None = None) -> Store:
     """Open the store at ``path``, choosing the backend by suffix.
 
     ``mode`` ``"r"`` reads (never blocked, never blocking); ``"a"`` reads and writes,
     creating the store if missing, and holds the store's writer lock until closed:
     a second writer gets :class:`~rfstore.store.lock.StoreLockedError` naming the
-    holder's PID, or waits for it with ``wait=True``.
+    holder's PID, or waits for it with ``wait=True`` (default: this process's policy,
+    :func:`~rfstore.store.lock.set_wait_policy`, which the CLI's ``--wait`` sets).
     """
     if mode not in ("r", "a"):
         raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+    backend = backend_for(path)
     lock = None
     if mode == "a":
-        lock = StoreLock(Path(path), wait=wait)
+        lock = StoreLock(Path(path), wait=default_wait() if wait is None else wait)
         lock.acquire()
     try:
-        if backend_for(path) == "hdf5":
+        if backend == "hdf5":
             from rfstore.store.hdf5_ import HDF5Store
 
             store: Store = HDF5Store(path, mode)
@@ -52,7 +55,28 @@ def open_store(path: str | Path, mode: str = "r", wait: bool = False) -> Store:
             lock.release()
         raise
     store.lock = lock
+    faults.install(store)  # test-only hooks, inert unless RFSTORE_TEST_* variables are set
     return store
 
 
-__all__ = ["ArraySpec", "Store", "StoreError", "StoreLockedError", "backend_for", "open_store"]
+def open_store_for_worker(path: str | Path) -> Store:
+    """Open a Zarr store for a task of a distributed run, WITHOUT the writer lock.
+
+    In a distributed run the coordinating process (the Dask client) holds the
+    store's writer lock, creates every array and records progress; its workers
+    run on other processes or hosts and write only the whole chunks their task
+    owns, so they cooperate under the client's lock instead of taking it. Use
+    this for nothing else: it must not create, delete or resize anything.
+    """
+    if backend_for(path) != "zarr":
+        raise StoreError(f"{path}: only a Zarr store can be written by the workers of a distributed run")
+    if not (Path(path) / "zarr.json").exists():
+        raise StoreError(f"no Zarr store at {path} on this worker: the store must be on a filesystem "
+                         f"that every worker shares with the client, at the same path")
+    from rfstore.store.zarr_ import ZarrStore
+
+    return ZarrStore(path, "a")
+
+
+__all__ = ["ArraySpec", "Store", "StoreError", "StoreLockedError", "StoreWriteError", "backend_for", "open_store",
+           "open_store_for_worker"]

@@ -10,10 +10,13 @@ pipeline needs is expressed in those terms (see :mod:`rfstore.store.layout`).
 """
 from __future__ import annotations
 
+import errno
+import functools
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +29,38 @@ Selection = tuple[slice | int | np.ndarray, ...] | slice | int
 
 class StoreError(RfstoreError):
     """A store cannot be opened, or does not hold what a stage needs."""
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: operating-system failures of a write that say nothing about the store's content
+WRITE_FAILURE_ERRNOS = (*NO_SPACE_ERRNOS, errno.EIO, errno.EROFS, errno.EFBIG)
+
+
+def write_failure_message(path: str | Path, err: OSError) -> str:
+    """One sentence for a write that failed at the operating system (full disk, I/O error).
+
+    ``path`` may be a file inside the store (a Zarr chunk): the store itself is named.
+    """
+    path = Path(path)
+    path = next((p for p in (path, *path.parents) if p.suffix.lower() in (".zarr", ".h5", ".hdf5")), path)
+    if err.errno in NO_SPACE_ERRNOS:
+        return (f"no space left on device while writing {path}; finished work is kept: "
+                f"free some space and rerun the same command to resume")
+    return (f"cannot write {path} ({err.strerror or err}); finished work is kept: "
+            f"rerun the same command to resume once that is fixed")
+
+
+class StoreWriteError(StoreError):
+    """The operating system refused a write to the store (``errno`` says why, e.g. ENOSPC).
+
+    Raised after the store was brought back to its last checkpoint, so that what
+    was finished stays readable and a rerun resumes.
+    """
+
+    def __init__(self, path: str | Path, cause: OSError) -> None:
+        super().__init__(write_failure_message(path, cause))
+        self.errno = cause.errno
+        self.path = Path(path)
 
 
 @dataclass(frozen=True)
@@ -73,12 +108,33 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} as an attribute")
 
 
+def _reporting_write_failures(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as err:
+            if err.errno not in WRITE_FAILURE_ERRNOS:
+                raise
+            raise StoreWriteError(self.path, err) from err
+
+    return wrapper
+
+
 class Store(ABC):
     """One rfstore store (an HDF5 file or a Zarr v3 directory).
 
     Use as a context manager; ``mode`` is ``"r"`` (read only) or ``"a"``
-    (read/write, created if missing).
+    (read/write, created if missing). Every backend's change methods report an
+    operating-system failure (full disk, I/O error) as :class:`StoreWriteError`,
+    one sentence naming the store.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("require_group", "update_attrs", "delete", "create_array", "write", "flush"):
+            if name in cls.__dict__:
+                setattr(cls, name, _reporting_write_failures(cls.__dict__[name]))
 
     path: Path
     mode: str

@@ -13,6 +13,8 @@
         rf_map                                              (unit, ry, rx)
         rf_size                                             (unit)
         seg_mask                                            (unit, rank, py, px)
+        concept, iou                                        (unit)          dissect
+        concept_iou, iou_chance                             (unit, concept_name)
     /{network}/_rfstore/{stage}[/{layer}]                   stage bookkeeping: fingerprint, parameters, done flags
 
 Every dimension used in a group has a coordinate array of the same name in that
@@ -90,9 +92,14 @@ def activation_specs(n_images: int, n_units: int, image_block: int) -> dict[str,
 
 
 def activation_map_spec(n_images: int, n_units: int, map_hw: tuple[int, int], image_block: int) -> ArraySpec:
-    """Full activation maps in float16, chunked a few images by all units (about 2 MB)."""
+    """Full activation maps in float16, chunked a few images by all units (about 2 MB).
+
+    The images per chunk divide ``image_block``, so that every chunk lies in one
+    block of images: tasks that each own whole blocks never share a chunk.
+    """
     per_image = n_units * map_hw[0] * map_hw[1] * 2
-    images_per_chunk = max(1, min(image_block, (2 << 20) // max(per_image, 1)))
+    limit = max(1, min(image_block, (2 << 20) // max(per_image, 1)))
+    images_per_chunk = max(d for d in range(1, limit + 1) if image_block % d == 0)
     return ArraySpec(
         (n_images, n_units, *map_hw), "float16", ("image", "unit", "map_y", "map_x"),
         (images_per_chunk, n_units, *map_hw), NAN,
@@ -127,6 +134,27 @@ def rf_specs(n_units: int, window: tuple[int, int]) -> dict[str, ArraySpec]:
 def segmentation_spec(n_units: int, k: int, input_hw: tuple[int, int]) -> ArraySpec:
     """Masks (1 = inside, 0 = outside, 255 = not computed) on the preprocessed input's pixel grid."""
     return ArraySpec((n_units, k, *input_hw), "uint8", ("unit", "rank", "py", "px"), (1, k, *input_hw), 255)
+
+
+#: units per chunk of the dissect stage's arrays (it writes and checkpoints whole chunks).
+DISSECT_UNIT_BLOCK = 256
+
+
+def concept_name_spec(n_concepts: int) -> ArraySpec:
+    """The ``concept_name`` coordinate (str) of the dissect stage; create it before :func:`dissect_specs`."""
+    return ArraySpec((n_concepts,), "str", ("concept_name",), (max(n_concepts, 1),), "")
+
+
+def dissect_specs(n_units: int, n_concepts: int) -> dict[str, ArraySpec]:
+    """Dissect stage: best ``concept`` (unit) and its ``iou``; ``concept_iou``, ``iou_chance`` (unit, concept_name)."""
+    chunk = max(1, min(n_units, DISSECT_UNIT_BLOCK))
+    dims = ("unit", "concept_name")
+    return {
+        "concept": ArraySpec((n_units,), "str", ("unit",), (chunk,), ""),
+        "iou": ArraySpec((n_units,), "float32", ("unit",), (chunk,), NAN),
+        "concept_iou": ArraySpec((n_units, n_concepts), "float32", dims, (chunk, max(n_concepts, 1)), NAN),
+        "iou_chance": ArraySpec((n_units, n_concepts), "float32", dims, (chunk, max(n_concepts, 1)), NAN),
+    }
 
 
 def n_blocks(length: int, block: int) -> int:

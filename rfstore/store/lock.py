@@ -11,6 +11,7 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -19,6 +20,22 @@ from rfstore.errors import RfstoreError
 
 class StoreLockedError(RfstoreError):
     """Another process is writing the store."""
+
+
+#: what :func:`~rfstore.store.open_store` does when its ``wait`` is not given (the CLI's ``--wait``)
+_policy: dict[str, object] = {"wait": False, "notify": None}
+
+
+def set_wait_policy(wait: bool, notify: Callable[[str], None] | None = None) -> None:
+    """Make this process's later writers wait for the lock (``wait=True``) or fail at once.
+
+    ``notify`` is called once with a sentence when a writer starts waiting.
+    """
+    _policy["wait"], _policy["notify"] = bool(wait), notify
+
+
+def default_wait() -> bool:
+    return bool(_policy["wait"])
 
 
 def lock_path_for(store_path: Path) -> Path:
@@ -38,7 +55,7 @@ class StoreLock:
         How often to retry while waiting.
     """
 
-    def __init__(self, store_path: Path, wait: bool = False, poll_seconds: float = 1.0) -> None:
+    def __init__(self, store_path: Path, wait: bool = False, poll_seconds: float = 0.5) -> None:
         self.path = lock_path_for(Path(store_path))
         self.store_path = Path(store_path)
         self.wait = wait
@@ -48,6 +65,7 @@ class StoreLock:
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+", encoding="utf-8")
+        told = False
         while True:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,8 +75,12 @@ class StoreLock:
                     holder = self.holder()
                     handle.close()
                     raise StoreLockedError(
-                        f"{self.store_path} is in use by {holder}; wait for it to finish "
+                        f"store {self.store_path} is in use by {holder}; wait for it to finish "
                         f"(or pass --wait to queue behind it)") from None
+                notify = _policy["notify"]
+                if not told and callable(notify):
+                    notify(f"store {self.store_path} is in use by {self.holder()}; waiting for it to finish")
+                    told = True
                 time.sleep(self.poll_seconds)
         handle.seek(0)
         handle.truncate()
