@@ -255,3 +255,44 @@ def test_interrupted_run_resumes_to_identical_arrays(store_path: Path, tiny_fold
         a, b = read_all(reference, layer, names), read_all(store_path, layer, names)
         for name in names:
             np.testing.assert_array_equal(a[name], b[name])
+
+
+def _init_and_run(store_path: Path, folder: Path, model: str, layers: str, config: ActivationsConfig) -> None:
+    with open_store(store_path, "a") as store:
+        run_init(store, InitConfig(model=ModelSpec(model, None, 0), data=folder, name="hand",
+                                   preprocessing=Preprocessing.tensor(), layers=layers))
+        run_activations(NetworkContext.open(store), config)
+
+
+@pytest.mark.parametrize("model, layers", [(HAND_CNN, HAND_LAYERS), (HAND_CNN.replace("hand_cnn", "viewing_cnn"),
+                                                                      "features.0,features.2,head")])
+def test_memory_formats_agree(tmp_path: Path, tiny_folder: Path, model: str, layers: str) -> None:
+    """channels_last (the CPU default) gives the contiguous format's numbers (the hand weights are
+    exact in both); a model whose ``view`` fails channels_last falls back to contiguous by itself."""
+    results = {}
+    for fmt in ("channels_last", "contiguous"):
+        path = tmp_path / f"{fmt}.zarr"
+        _init_and_run(path, tiny_folder, model, layers, ActivationsConfig(batch_size=4, num_workers=0,
+                                                                          memory_format=fmt))
+        results[fmt] = {layer: read_all(path, layer, ("act_max", "act_mean", "act_y", "act_x"))
+                        for layer in layers.split(",")}
+    for layer in layers.split(","):
+        for name in ("act_max", "act_y", "act_x"):
+            np.testing.assert_array_equal(results["channels_last"][layer][name], results["contiguous"][layer][name])
+        np.testing.assert_allclose(results["channels_last"][layer]["act_mean"],
+                                   results["contiguous"][layer]["act_mean"], rtol=1e-6)
+    with pytest.raises(Exception, match="memory format"):
+        ActivationsConfig(memory_format="nhwc")
+
+
+def test_changed_parameters_are_caught_before_anything_is_written(store_path: Path, tiny_folder: Path) -> None:
+    """The parameter check runs in the background while the first block computes; it must
+    still stop the run before that block is stored."""
+    from rfstore.errors import RfstoreError
+
+    init_hand(store_path, tiny_folder)
+    with open_store(store_path, "a") as store:
+        store.update_attrs("hand", {"parameters_sha256": "0" * 64})
+        with pytest.raises(RfstoreError, match="no longer gives the network recorded at init"):
+            run_activations(NetworkContext.open(store), ActivationsConfig(batch_size=3, num_workers=0))
+        assert not store.read("hand/_rfstore/activations/done").any()

@@ -64,3 +64,23 @@ class _CountingSlowNet(nn.Module):
 
 def slow_hand_cnn() -> nn.Module:
     return _CountingSlowNet().eval()
+
+
+class _ViewingCNN(nn.Module):
+    """hand_cnn's first conv, then ``view`` to flatten: a view fails on a channels_last map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*list(hand_cnn())[:3])
+        self.head = nn.Linear(2 * 4 * 4, 1)
+        with torch.no_grad():
+            self.head.weight.fill_(1.0)
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(x)
+        return self.head(maps.view(maps.shape[0], -1))
+
+
+def viewing_cnn() -> nn.Module:
+    return _ViewingCNN().eval()

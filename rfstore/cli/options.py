@@ -44,6 +44,10 @@ Network = Annotated[str | None, typer.Option(help="Network in the store (needed 
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")]
 Workers = Annotated[int | None, typer.Option(min=0, help="DataLoader worker processes (default: cores - 1, at most 4).")]
+MemoryFormat = Annotated[str, typer.Option(
+    help="Tensor layout of the forward pass: auto (channels_last on a CPU, 20-30% faster there; "
+         "contiguous elsewhere), channels_last or contiguous. A model that cannot run channels_last "
+         "falls back to contiguous.")]
 Maps = Annotated[str | None, typer.Option(help="Comma list of layers whose full activation maps are kept (float16).")]
 K = Annotated[int, typer.Option("--k", min=1, help="Images kept per unit.")]
 Measure = Annotated[str, typer.Option(help="Rank images by the unit's spatial max or mean.")]

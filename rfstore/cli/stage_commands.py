@@ -117,11 +117,14 @@ def init(
                                resize, crop, mean, std, layers), force)
 
 
-def activations_config(batch_size: int, device: str, workers: int | None, maps: str | None):
-    from rfstore.stages.activations import ActivationsConfig
+def activations_config(batch_size: int, device: str, workers: int | None, maps: str | None,
+                       memory_format: str = "auto"):
+    from rfstore.stages.activations import MEMORY_FORMATS, ActivationsConfig
 
+    if memory_format not in MEMORY_FORMATS:
+        raise typer.BadParameter(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, not {memory_format!r}")
     return ActivationsConfig(batch_size=batch_size, device=device, num_workers=workers,
-                             maps=tuple(opt.split_list(maps)))
+                             maps=tuple(opt.split_list(maps)), memory_format=memory_format)
 
 
 @app.command()
@@ -132,6 +135,7 @@ def activations(
     device: opt.Device = "auto",
     workers: opt.Workers = None,
     maps: opt.Maps = None,
+    memory_format: opt.MemoryFormat = "auto",
     network: opt.Network = None,
     force: opt.Force = False,
     wait: opt.Wait = False,
@@ -139,7 +143,7 @@ def activations(
     scheduler: opt.Scheduler = None,
 ) -> None:
     """Stream the images once; store each unit's spatial max, mean and argmax per image."""
-    config = activations_config(batch_size, device, workers, maps)
+    config = activations_config(batch_size, device, workers, maps, memory_format)
     with opt.cluster_session(store, cluster, scheduler) as client:
         do_activations(store, network, config, force, client)
 

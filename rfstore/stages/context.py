@@ -122,28 +122,76 @@ class NetworkContext:
 
     def load_model(self) -> LoadedModel:
         """Rebuild the recorded model and check its parameters are bit-identical to init's."""
+        loaded = self.load_model_unchecked()
+        self.check_parameters(parameters_digest(loaded.module))
+        return loaded
+
+    def load_model_unchecked(self) -> LoadedModel:
+        """Rebuild the recorded model; the caller must pass its digest to :meth:`check_parameters`
+        before storing anything computed with it (see :class:`ParameterCheck`)."""
         from rfstore.models import load_model
 
-        loaded = load_model(self.model_spec, expected_weights_sha256=self.attrs.get("weights_sha256") or None)
+        return load_model(self.model_spec, expected_weights_sha256=self.attrs.get("weights_sha256") or None)
+
+    def check_parameters(self, actual: str) -> None:
+        """Raise unless ``actual`` (a :func:`parameters_digest`) is the one recorded at init."""
         recorded = self.attrs.get("parameters_sha256")
-        actual = parameters_digest(loaded.module)
         if recorded != actual:
             raise RfstoreError(f"{self.model_spec.spec} no longer gives the network recorded at init "
                                f"(parameters sha256 {actual[:12]}..., recorded {str(recorded)[:12]}...): "
                                f"its weights file, seed or library version changed; "
                                f"rerun 'rfstore init --force' to start over")
-        return loaded
+
+
+class ParameterCheck:
+    """:meth:`NetworkContext.check_parameters` on a background thread.
+
+    Hashing a large network's parameters takes seconds (1.2 s for AlexNet's
+    244 MB); ``hashlib`` releases the GIL, so the check runs while the first
+    batches compute. :meth:`result` waits for it and raises on a mismatch;
+    call it before the first write. The tensors are captured at construction,
+    so the module may then be moved or converted.
+    """
+
+    def __init__(self, ctx: NetworkContext, module: torch.nn.Module) -> None:
+        import threading
+
+        state = _parameter_tensors(module)
+        self._error: BaseException | None = None
+        self._checked = False
+
+        def check() -> None:
+            try:
+                ctx.check_parameters(_digest(state))
+            except BaseException as err:  # noqa: BLE001 - re-raised by result()
+                self._error = err
+
+        self._thread = threading.Thread(target=check, name="rfstore-parameter-check", daemon=True)
+        self._thread.start()
+
+    def result(self) -> None:
+        """Wait for the check; raise its error (every call, so no caller can miss it)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def parameters_digest(module: torch.nn.Module) -> str:
     """sha256 of every parameter and buffer (names, shapes, bytes), in state_dict order."""
+    return _digest(_parameter_tensors(module))
+
+
+def _parameter_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(name, tensor.detach().cpu().contiguous()) for name, tensor in module.state_dict().items()]
+
+
+def _digest(state: list[tuple[str, torch.Tensor]]) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
+    for name, tensor in state:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
     return digest.hexdigest()
 
 

@@ -34,7 +34,7 @@ from rfstore.datasets import Preprocessing
 from rfstore.errors import RfstoreError
 from rfstore.models import FeatureExtractor
 from rfstore.stages.context import NetworkContext, load_images
-from rfstore.stages.devices import resolve_device
+from rfstore.stages.devices import exact_float32, resolve_device
 from rfstore.stages.progress import Plan, StageProgress, fingerprint, upstream_token
 from rfstore.store.layout import discrepancy_spec, layer_group, write_coordinate
 
@@ -232,8 +232,10 @@ class GroupRunner:
         if targets:
             fill = torch.stack([occluder_fill(config, images[n], i, self.preprocessing)
                                 for n, i in enumerate(image_ids)])
-            maps, stats = discrepancy_maps(self.extractor, images, fill, targets, geometry, size=config.size,
-                                           stride=config.stride, batch_size=config.batch_size, device=self.device)
+            with exact_float32():
+                maps, stats = discrepancy_maps(self.extractor, images, fill, targets, geometry, size=config.size,
+                                               stride=config.stride, batch_size=config.batch_size,
+                                               device=self.device)
             for key, value in dataclasses.asdict(stats).items():
                 if key not in ("image_pixels", "n_positions", "min_crop_extent"):
                     totals[key] = totals.get(key, 0) + value

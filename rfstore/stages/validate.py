@@ -22,7 +22,7 @@ from rfstore.datasets import ImageFolderDataset
 from rfstore.errors import RfstoreError
 from rfstore.stages.activations import default_workers
 from rfstore.stages.context import NetworkContext
-from rfstore.stages.devices import resolve_device
+from rfstore.stages.devices import exact_float32, resolve_device
 from rfstore.stages.progress import Plan, StageProgress, fingerprint
 from rfstore.store import ArraySpec
 from rfstore.store.layout import write_coordinate
@@ -92,7 +92,7 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
     workers = default_workers() if config.num_workers is None else config.num_workers
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=workers, collate_fn=dataset.collate)
     n_images = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_float32():
         for image_ids, images, errors in (loader if progress is None else progress(loader, len(indices))):
             bad = {image for image, _ in errors}
             good_ids = [int(i) for i in image_ids.numpy() if int(i) not in bad]
