@@ -2,12 +2,13 @@
 #   make demo   create .venv, install rfstore, run the embedded demo end to end
 #   make test   create .venv, install rfstore with its dev extra, run the test suite
 #   make bench  the occlusion and activations benchmarks (slow; never part of make test)
+#   make bench-gpu  on a CUDA machine: the GPU tests, then the whole Zhou workload (issue #4's GPU target)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -qq --disable-pip-version-check
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench bench-gpu clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ test-slow: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/occlusion.py
+
+bench-gpu: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_gpu.py
+	$(PY) bench/zhou_workload.py --images 10000 --device cuda --out bench-out/zhou
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache

@@ -126,6 +126,39 @@ def test_discrepancy_matches_captum_occlusion(tiny_store: Path, tmp_path: Path) 
                     assert np.abs(ours - theirs).max() <= 1e-4 * max(scale, 1e-6), (layer, unit)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [
+    ("bfloat16", 0.03),
+    pytest.param("float16", 0.005, marks=pytest.mark.slow),  # float16 convolutions are slow on a CPU (50 s)
+])
+def test_half_precision_maps_are_close_to_float32(tiny_store: Path, tmp_path: Path, dtype: str,
+                                                  tolerance: float) -> None:
+    """--dtype bfloat16/float16 is documented as approximate: a discrepancy is a difference of two
+    activations, each rounded like the layer's sums, so its error is a fraction (about the format's
+    precision) of the layer's activations, not of the discrepancy; exact zeros stay zeros."""
+    import shutil
+
+    layers = ("features.4", "classifier.2")
+    maps = {}
+    for name in ("float32", dtype):
+        path = tmp_path / f"{name}.zarr"
+        shutil.copytree(tiny_store, path)
+        with open_store(path, "a") as st:
+            run_occlude(NetworkContext.open(st), OccludeConfig(size=8, stride=4, fill="zero", units=slice(0, 2),
+                                                               device="cpu", layers=layers, dtype=name))
+            maps[name] = {layer: st.read(f"net/{layer}/discrepancy")[:2] for layer in layers}
+            scale = {layer: np.nanmax(np.abs(st.read(f"net/{layer}/topk_value"))) for layer in layers}
+            record = st.attrs("net/_rfstore/occlude/classifier.2")
+    for layer in layers:
+        exact, approx = maps["float32"][layer], maps[dtype][layer]
+        assert np.array_equal(np.isnan(exact), np.isnan(approx))
+        assert (approx[exact == 0] == 0).all()
+        error = np.nanmax(np.abs(approx - exact))
+        assert 0 < error <= tolerance * scale[layer], (layer, error / scale[layer])
+    assert record["params"]["dtype"] == dtype
+    with pytest.raises(Exception, match="--dtype"):
+        OccludeConfig(dtype="float64")
+
+
 def test_zero_outside_theoretical_rf_and_rf_within_it(tiny_store: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -15,6 +15,8 @@ Size = Annotated[int, typer.Option(min=1, help="Occluder side in pixels (the pap
 Stride = Annotated[int, typer.Option(min=1, help="Occluder stride in pixels (the paper's 3).")]
 Fill = Annotated[str, typer.Option(help="Occluder content: noise (seeded uniform RGB) | zero | mean | a number.")]
 OccSeed = Annotated[int, typer.Option("--seed", help="Seed of the noise fill.")]
+Dtype = Annotated[str, typer.Option(help="float32 (exact, the default) | bfloat16 | float16: "
+                                          "faster on a GPU, approximate (errors ~0.3% | ~0.05% of the layer's top activation).")]
 Units = Annotated[str | None, typer.Option(help="START:STOP[:STEP] units of each layer (default: all).")]
 Threshold = Annotated[float, typer.Option(help="Empirical RF = where rf_map >= threshold * max (half-maximum).")]
 Method = Annotated[str, typer.Option(help="occlusion (Zhou et al.) | gradient (Luo et al. 2016).")]
@@ -39,11 +41,13 @@ def unit_ticker(description: str) -> Callable[[int], Callable[[int], None]]:
 
 
 def occlude_config(layers: str | None, units: str | None, size: int, stride: int, fill: str, seed: int,
-                   device: str, batch_size: int):
-    from rfstore.stages.occlude import OccludeConfig
+                   device: str, batch_size: int, dtype: str = "float32"):
+    from rfstore.stages.occlude import DTYPES, OccludeConfig
 
+    if dtype not in DTYPES:
+        raise typer.BadParameter(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     return OccludeConfig(size=size, stride=stride, fill=fill, seed=seed, layers=tuple(opt.split_list(layers)),
-                         units=opt.parse_units(units), device=device, batch_size=batch_size)
+                         units=opt.parse_units(units), device=device, batch_size=batch_size, dtype=dtype)
 
 
 def do_occlude(store_path: Path, network: str | None, config, force: bool, client=None) -> None:
@@ -103,6 +107,7 @@ def occlude(
     seed: OccSeed = 0,
     device: opt.Device = "auto",
     batch_size: OccBatch = 256,
+    dtype: Dtype = "float32",
     network: opt.Network = None,
     force: opt.Force = False,
     wait: opt.Wait = False,
@@ -110,7 +115,7 @@ def occlude(
     scheduler: opt.Scheduler = None,
 ) -> None:
     """Discrepancy maps: slide an occluder over each unit's top images, record the activation drop."""
-    config = occlude_config(layers, units, size, stride, fill, seed, device, batch_size)
+    config = occlude_config(layers, units, size, stride, fill, seed, device, batch_size, dtype)
     with opt.cluster_session(store, cluster, scheduler) as client:
         do_occlude(store, network, config, force, client)
 

@@ -39,11 +39,20 @@ from rfstore.stages.progress import Plan, StageProgress, fingerprint, upstream_t
 from rfstore.store.layout import discrepancy_spec, layer_group, write_coordinate
 
 STAGE_VERSION = 1
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
 class OccludeConfig:
-    """Parameters of ``rfstore occlude``; size, stride, fill and seed define the results."""
+    """Parameters of ``rfstore occlude``; size, stride, fill, seed and dtype define the results.
+
+    ``dtype`` float32 (the default) is exact; bfloat16 and float16 run the
+    network in that precision (fast on a GPU, slow on most CPUs) and give
+    approximate maps: a discrepancy is a difference of two activations, so its
+    error is a fraction of the layer's activations, not of the discrepancy
+    (measured on the test network: 0.3% of the layer's largest top activation
+    for bfloat16, 0.05% for float16).
+    """
 
     size: int = 11
     stride: int = 3
@@ -54,8 +63,11 @@ class OccludeConfig:
     device: str = "auto"
     batch_size: int = 256
     units_per_group: int = 8
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise RfstoreError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.size < 1 or self.stride < 1:
             raise RfstoreError("--size and --stride must be at least 1")
         if self.fill not in ("noise", "zero", "mean"):
@@ -65,7 +77,14 @@ class OccludeConfig:
                 raise RfstoreError(f"--fill must be noise, zero, mean or a number, not {self.fill!r}") from None
 
     def params(self) -> dict[str, object]:
-        return {"size": self.size, "stride": self.stride, "fill": self.fill, "seed": self.seed}
+        params: dict[str, object] = {"size": self.size, "stride": self.stride, "fill": self.fill, "seed": self.seed}
+        if self.dtype != "float32":  # float32 stores written before the option keep their fingerprint
+            params["dtype"] = self.dtype
+        return params
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
 
 
 def occluder_fill(config: OccludeConfig, image: torch.Tensor, image_index: int,
@@ -204,7 +223,7 @@ class GroupRunner:
     def __init__(self, ctx: NetworkContext, config: OccludeConfig, layers: list[str]) -> None:
         self.ctx, self.config = ctx, config
         self.device = resolve_device(config.device)
-        model = ctx.load_model().module.to(self.device)
+        model = ctx.load_model().module.to(self.device, config.torch_dtype)
         self.extractor = FeatureExtractor(model, layers)
         self.geometry = {layer: layer_geometry(ctx, layer) for layer in layers}
         self.topk = {layer: {name: ctx.store.read(f"{layer_group(ctx.network, layer)}/topk_{name}")
@@ -235,7 +254,7 @@ class GroupRunner:
             with exact_float32():
                 maps, stats = discrepancy_maps(self.extractor, images, fill, targets, geometry, size=config.size,
                                                stride=config.stride, batch_size=config.batch_size,
-                                               device=self.device)
+                                               device=self.device, dtype=config.torch_dtype)
             for key, value in dataclasses.asdict(stats).items():
                 if key not in ("image_pixels", "n_positions", "min_crop_extent"):
                     totals[key] = totals.get(key, 0) + value

@@ -1,0 +1,134 @@
+"""The whole Zhou et al. workload, timed stage by stage: issue #4's GPU target.
+
+AlexNet (torchvision, random init seed 0 unless ``--weights``), a folder of generated
+224x224 scenes, every unit of the five conv ReLU layers (1,152 units), K=10, an 11x11
+occluder at stride 3, fill zero: ``init``, ``activations``, ``topk``, ``occlude`` each
+timed on their own, then a sample of the discrepancy maps re-computed by the plain path
+(every occluded full image through the network, on the same device) to print the largest
+relative difference. The target is ``occlude`` under 10 minutes on one H100-class card
+over the top images of a 10k-image folder.
+
+Small runs work anywhere (``--images 60 --units 0:2 --device cpu`` takes about a minute on
+two cores); the full run is for a GPU::
+
+    python bench/zhou_workload.py --images 10000 --device cuda --out /tmp/zhou
+
+Not a test: it prints measurements. Exit status 1 if the sampled maps differ by more than
+1e-4 (relative to each map's largest value).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rfstore.core.occlusion import OcclusionTarget, naive_discrepancy_maps
+from rfstore.models import FeatureExtractor, ModelSpec
+from rfstore.stages.activations import ActivationsConfig, run_activations
+from rfstore.stages.context import NetworkContext, load_images
+from rfstore.stages.devices import exact_float32, resolve_device
+from rfstore.stages.init import InitConfig, run_init
+from rfstore.stages.occlude import OccludeConfig, occluder_fill, run_occlude
+from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.store import open_store
+
+LAYERS = ("features.1", "features.4", "features.7", "features.9", "features.11")
+
+
+def parse_units(text: str | None) -> slice | None:
+    if not text:
+        return None
+    start, stop = (int(v) if v else None for v in text.split(":"))
+    return slice(start, stop)
+
+
+def timed(label: str, call, times: dict[str, float]):
+    began = time.perf_counter()
+    result = call()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    times[label] = time.perf_counter() - began
+    print(f"  {label:<26}{times[label]:>9.1f} s", flush=True)
+    return result
+
+
+def check_sample(ctx: NetworkContext, config: OccludeConfig, pairs: int, device: torch.device) -> float:
+    """Largest |ours - plain| / max|plain| over ``pairs`` (unit, rank) maps per layer."""
+    store, worst = ctx.store, 0.0
+    model = ctx.load_model().module.to(device)
+    rng = np.random.default_rng(0)
+    for layer in LAYERS:
+        extractor = FeatureExtractor(model, [layer])  # stops the pass at the layer
+        top = {n: store.read(f"{ctx.network}/{layer}/topk_{n}") for n in ("image", "y", "x")}
+        disc = store.read(f"{ctx.network}/{layer}/discrepancy")
+        done = [u for u in range(disc.shape[0]) if not np.isnan(disc[u]).all()]
+        for unit in rng.choice(done, size=min(pairs, len(done)), replace=False):
+            rank = int(rng.integers(0, top["image"].shape[1]))
+            image_id = int(top["image"][unit, rank])
+            if image_id < 0:
+                continue
+            image = load_images(ctx, [image_id])
+            fill = occluder_fill(config, image[0], image_id, ctx.preprocessing)[None]
+            target = OcclusionTarget(0, layer, int(unit), int(top["y"][unit, rank]), int(top["x"][unit, rank]))
+            with exact_float32():
+                plain, _ = naive_discrepancy_maps(extractor, image, fill, [target], size=config.size,
+                                                  stride=config.stride, batch_size=256, device=device)
+            ours = disc[unit, rank]
+            worst = max(worst, float(np.abs(ours - plain[0]).max() / max(np.abs(plain[0]).max(), 1e-12)))
+        extractor.close()
+    return worst
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--units", default=None, help="START:STOP units of each layer (default: all 1,152)")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--weights", default="none", help="torchvision weights (default: random init, seed 0)")
+    parser.add_argument("--batch-size", type=int, default=256, help="occluded inputs per forward pass")
+    parser.add_argument("--check-pairs", type=int, default=1,
+                        help="maps per layer re-computed by the plain path (5,041 full passes each; 0: none)")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/zhou"))
+    args = parser.parse_args()
+
+    from occlusion import make_images  # bench/occlusion.py, next to this file
+
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    print(f"Zhou workload: AlexNet ({args.weights}), {args.images} images, units {args.units or 'all'}, "
+          f"K={args.k}, 11x11 stride 3, fill zero, {args.dtype}, on {name}, torch {torch.__version__}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    images = timed("generate images", lambda: make_images(args.out / f"images{args.images}", args.images), times)
+    store_path = args.out / "zhou.zarr"
+    shutil.rmtree(store_path, ignore_errors=True)
+    config = OccludeConfig(size=11, stride=3, fill="zero", units=parse_units(args.units), device=args.device,
+                           batch_size=args.batch_size, dtype=args.dtype)
+    with open_store(store_path, "a") as store:
+        timed("init", lambda: run_init(store, InitConfig(model=ModelSpec("torchvision:alexnet", args.weights, 0),
+                                                         data=images, layers=",".join(LAYERS))), times)
+        ctx = NetworkContext.open(store)
+        timed("activations", lambda: run_activations(ctx, ActivationsConfig(device=args.device)), times)
+        timed("topk", lambda: run_topk(ctx, TopKConfig(k=args.k)), times)
+        for layer in LAYERS:
+            timed(f"occlude {layer}", lambda: run_occlude(ctx, OccludeConfig(**{**config.__dict__,
+                                                                               "layers": (layer,)})), times)
+        occlude = sum(v for k, v in times.items() if k.startswith("occlude"))
+        print(f"  {'occlude, all layers':<26}{occlude:>9.1f} s   (target: < 600 s for all 1,152 units, K=10, "
+              f"10k images, on one H100-class GPU)")
+        worst = check_sample(ctx, config, args.check_pairs, device)
+    print(f"  largest relative difference from the plain path on the sampled maps: {worst:.2e}"
+          f"{'' if args.dtype == 'float32' else ' (half precision: approximate by design)'}")
+    return 0 if args.dtype != "float32" or worst <= 1e-4 else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    sys.exit(main())
