@@ -135,6 +135,8 @@ def test_index_has_table_1_and_the_depth_plot(report_dir: Path, scene_store: Pat
         assert f"{row.empirical_mean:.1f} &plusmn; {row.empirical_std:.1f}" in index
     assert '<td class="num">7</td>' in index and '<td class="num">27</td>' in index  # theoretical RF sizes
     assert "bar (1), disk (1), square (1)" in index  # most frequent concepts, ties alphabetical
+    assert "the factory&#x27;s weights, seed 0" in index or "the factory's weights, seed 0" in index
+    assert "random init" not in index  # a factory may load its own weights (the demo's does)
     plot = Image.open(report_dir / "net" / "rf_depth.png")
     assert plot.size == (640, 360)
 

@@ -27,6 +27,7 @@ from rfstore.report import figures, pages, plots
 from rfstore.report.data import ImageCache, LayerReader, LayerTable, UnitData
 from rfstore.stages.context import NetworkContext, find_network
 from rfstore.stages.rf_summary import rf_summary
+from rfstore.stages.status import describe_weights
 from rfstore.store import Store
 
 MARKER = ".rfstore-report"
@@ -107,8 +108,7 @@ def _networks(store: Store, network: str | None) -> list[str]:
 def _facts(ctx: NetworkContext) -> list[tuple[str, str]]:
     attrs = ctx.attrs
     model = attrs.get("model", {})
-    weights = model.get("weights")
-    weights_text = (f"random init, seed {model.get('seed', 0)}" if weights in (None, "none") else str(weights))
+    weights_text = describe_weights(model)
     height, width = ctx.input_size
     return [("model", str(attrs.get("model_spec", model.get("spec", "?")))), ("weights", weights_text),
             ("dataset", f"{ctx.n_images} images in {attrs.get('dataset_root', '?')}"

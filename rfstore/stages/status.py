@@ -43,7 +43,7 @@ def format_status(store: Store, network: str | None = None) -> str:
 def _network_status(ctx: NetworkContext) -> list[str]:
     attrs = ctx.attrs
     lines = [
-        f"network {ctx.network}: {attrs['model_spec']} ({_weights(attrs['model'])}), "
+        f"network {ctx.network}: {attrs['model_spec']} ({describe_weights(attrs['model'])}), "
         f"input {attrs['input_size'][0]}x{attrs['input_size'][1]}",
         f"  images: {ctx.n_images} from {attrs['dataset_root']} ({len(attrs.get('classes', []))} classes)",
         f"  activations: {stage_state(ctx.store, ctx.network, 'activations')}",
@@ -92,7 +92,8 @@ def _labelled(ctx: NetworkContext, layer: str) -> str:
     return f"{int((labels != '').sum())}/{labels.size}"
 
 
-def _weights(model: dict) -> str:
+def describe_weights(model: dict) -> str:
+    """Where the recorded model's weights come from, in words (``model``: the network's ``model`` attr)."""
     weights = model.get("weights")
     if weights in (None, "none"):
         seed = model.get("seed") if model.get("seed") is not None else 0
