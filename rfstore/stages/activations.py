@@ -7,8 +7,9 @@ Writes, per layer: ``act_max``, ``act_mean``, ``act_y``, ``act_x`` (image, unit)
 
 The images are streamed in blocks of :data:`~rfstore.store.layout.IMAGE_BLOCK` images
 (one chunk along ``image``); a block's arrays are written, flushed and only then
-flagged done, so a killed run redoes at most the block in flight and memory
-stays flat whatever the dataset's size. Batches never straddle two blocks (each
+flagged done, so a killed run redoes at most the blocks in flight and memory
+stays flat whatever the dataset's size: a block is written on a background
+thread while the next one computes, so at most two are held. Batches never straddle two blocks (each
 block is cut into batches from its first image), so every image is computed in
 the same batch whether the run is fresh, resumed, or split over a Dask cluster
 (``client``, see :mod:`rfstore.stages.distributed`), which makes all three give
