@@ -281,7 +281,7 @@ def test_memory_formats_agree(tmp_path: Path, tiny_folder: Path, model: str, lay
             np.testing.assert_array_equal(results["channels_last"][layer][name], results["contiguous"][layer][name])
         np.testing.assert_allclose(results["channels_last"][layer]["act_mean"],
                                    results["contiguous"][layer]["act_mean"], rtol=1e-6)
-    with pytest.raises(Exception, match="memory format"):
+    with pytest.raises(Exception, match="--memory-format"):
         ActivationsConfig(memory_format="nhwc")
 
 

@@ -42,12 +42,14 @@ def unit_ticker(description: str) -> Callable[[int], Callable[[int], None]]:
 
 def occlude_config(layers: str | None, units: str | None, size: int, stride: int, fill: str, seed: int,
                    device: str, batch_size: int, dtype: str = "float32"):
-    from rfstore.stages.occlude import DTYPES, OccludeConfig
+    from rfstore.errors import RfstoreError
+    from rfstore.stages.occlude import OccludeConfig
 
-    if dtype not in DTYPES:
-        raise typer.BadParameter(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    return OccludeConfig(size=size, stride=stride, fill=fill, seed=seed, layers=tuple(opt.split_list(layers)),
-                         units=opt.parse_units(units), device=device, batch_size=batch_size, dtype=dtype)
+    try:
+        return OccludeConfig(size=size, stride=stride, fill=fill, seed=seed, layers=tuple(opt.split_list(layers)),
+                             units=opt.parse_units(units), device=device, batch_size=batch_size, dtype=dtype)
+    except RfstoreError as err:  # the config checks its own values
+        raise typer.BadParameter(str(err)) from None
 
 
 def do_occlude(store_path: Path, network: str | None, config, force: bool, client=None) -> None:

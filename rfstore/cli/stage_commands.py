@@ -119,12 +119,14 @@ def init(
 
 def activations_config(batch_size: int, device: str, workers: int | None, maps: str | None,
                        memory_format: str = "auto"):
-    from rfstore.stages.activations import MEMORY_FORMATS, ActivationsConfig
+    from rfstore.errors import RfstoreError
+    from rfstore.stages.activations import ActivationsConfig
 
-    if memory_format not in MEMORY_FORMATS:
-        raise typer.BadParameter(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, not {memory_format!r}")
-    return ActivationsConfig(batch_size=batch_size, device=device, num_workers=workers,
-                             maps=tuple(opt.split_list(maps)), memory_format=memory_format)
+    try:
+        return ActivationsConfig(batch_size=batch_size, device=device, num_workers=workers,
+                                 maps=tuple(opt.split_list(maps)), memory_format=memory_format)
+    except RfstoreError as err:  # the config checks its own values
+        raise typer.BadParameter(str(err)) from None
 
 
 @app.command()

@@ -9,8 +9,9 @@ The images are streamed in blocks of :data:`~rfstore.store.layout.IMAGE_BLOCK` i
 (one chunk along ``image``); a block's arrays are written, flushed and only then
 flagged done, so a killed run redoes at most the blocks in flight and memory
 stays flat whatever the dataset's size: a block is written on a background
-thread while the next one computes, so at most two are held. Batches never straddle two blocks (each
-block is cut into batches from its first image), so every image is computed in
+thread while the next one computes, so at most two are held. Batches never
+straddle two blocks (each block is cut into batches from its first image), so
+every image is computed in
 the same batch whether the run is fresh, resumed, or split over a Dask cluster
 (``client``, see :mod:`rfstore.stages.distributed`), which makes all three give
 the same bits.
@@ -64,7 +65,8 @@ class ActivationsConfig:
 
     def __post_init__(self) -> None:
         if self.memory_format not in MEMORY_FORMATS:
-            raise RfstoreError(f"memory format {self.memory_format!r}: choose {', '.join(MEMORY_FORMATS)}")
+            raise RfstoreError(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, "
+                               f"not {self.memory_format!r}")
 
     def params(self) -> dict[str, object]:
         return {"maps": sorted(self.maps), "memory_format": self.memory_format}
@@ -116,9 +118,8 @@ class _BlockBuffer:
             local = image_ids[pos:end] - self.start
             ok = readable[pos:end]
             rows = readable_before + np.cumsum(ok) - 1
-            for (layer, q), array in self.arrays.items():
-                if ok.any():
-                    array[local[ok]] = outputs[layer][q][rows[ok]]
+            for (layer, q), array in self.arrays.items() if ok.any() else ():
+                array[local[ok]] = outputs[layer][q][rows[ok]]
             for i in np.flatnonzero(~ok):
                 self.errors[local[i]] = error_of[int(image_ids[pos + i])]
         self.filled += end - pos

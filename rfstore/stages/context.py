@@ -158,7 +158,6 @@ class ParameterCheck:
 
         state = _parameter_tensors(module)
         self._error: BaseException | None = None
-        self._checked = False
 
         def check() -> None:
             try:
