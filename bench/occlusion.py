@@ -103,13 +103,13 @@ def full_macs(chain: list[tuple[nn.Module, int, int]]) -> float:
 
 
 # -- the occlusion benchmark ---------------------------------------------------------------
-def make_images(root: Path, n: int, size: int = 224) -> Path:
+def make_images(root: Path, n: int, size: int = 224, workers: int = 1) -> Path:
     from rfstore.demo.scenes import write_scene_folder
 
     if not root.exists():
         from rfstore.demo.scenes import CLASSES
 
-        write_scene_folder(root, per_class=max(1, n // len(CLASSES)), seed=0, size=size)
+        write_scene_folder(root, per_class=max(1, n // len(CLASSES)), seed=0, size=size, workers=workers)
     return root
 
 
@@ -215,7 +215,7 @@ def activations_benchmark(out: Path, sizes: list[int], rate_max: int, rounds: in
     print(f"{'images':>8}{'rfstore img/s':>15}{'bare model(x)':>15}{'ratio':>7}"
           f"{'bare, channels_last':>21}{'ratio':>7}{'peak RSS MB':>13}")
     for n in sizes:
-        images = make_images(out / f"images{n}", n)
+        images = make_images(out / f"images{n}", n, workers=os.cpu_count() or 1)
         store_path = out / f"act{n}.zarr"
         shutil.rmtree(store_path, ignore_errors=True)
         subprocess.run([rfstore, "init", str(store_path), "--model", "torchvision:alexnet", "--weights", "none",

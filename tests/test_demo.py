@@ -34,6 +34,16 @@ def test_scenes_are_seeded_and_carry_their_concepts(tmp_path: Path) -> None:
     assert not scene_folder_matches(tmp_path, per_class=2, seed=3)
 
 
+def test_scene_folder_written_by_processes_is_the_same(tmp_path: Path) -> None:
+    """``workers=2`` writes the same files, byte for byte, in the same order."""
+    one = write_scene_folder(tmp_path / "one", per_class=2, seed=4, size=48)
+    two = write_scene_folder(tmp_path / "two", per_class=2, seed=4, size=48, workers=2)
+    assert [p.relative_to(tmp_path / "one") for p in one] == [p.relative_to(tmp_path / "two") for p in two]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)
+
+
 def test_training_is_deterministic() -> None:
     """Two short trainings from the same seed give bit-identical weights; settings are restored."""
     config = TrainConfig(train_per_class=2, epochs=2, batch_size=4)

@@ -12,6 +12,11 @@ and the cached row elsewhere.
 padded patch ``(B, m_y, m_x, C)`` through the step's padding-free op, or, for
 ungrouped convolutions with few outputs per window, im2col rows
 ``(B * n_y * n_x, taps * C)`` times the weight matrix.
+
+On a GPU the host never waits inside a group: index arrays go to the device
+from pinned memory without blocking, and the activations of all batches come
+back in one copy at the end of the group, so the CPU queues the next batch
+while the GPU runs this one.
 """
 
 from __future__ import annotations
@@ -26,10 +31,25 @@ from torch import nn
 from rfstore.core.occlusion_chain import Step
 from rfstore.core.occlusion_incremental import IncGroup, Part, use_gemm
 
-__all__ = ["Cache", "build_cache", "run_group", "fresh_rows", "GEMM_ROWS"]
+__all__ = ["Cache", "build_cache", "run_group", "fresh_rows", "gemm_rows", "GEMM_ROWS", "GEMM_ROWS_CUDA"]
 
 GEMM_ROWS = 256
-"""Rows per matrix product call (fixed, for batch-size invariance)."""
+"""Rows per matrix product call on the CPU (fixed, for batch-size invariance)."""
+GEMM_ROWS_CUDA = 1024
+"""Rows per matrix product call on a GPU, where each call costs a launch (fixed too)."""
+
+
+def gemm_rows(device: torch.device) -> int:
+    """Rows per matrix product call on ``device``."""
+    return GEMM_ROWS_CUDA if device.type == "cuda" else GEMM_ROWS
+
+
+def to_device(index: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An int64 index array on ``device``; to a GPU through pinned memory, without waiting for the copy."""
+    tensor = torch.from_numpy(np.require(index, np.int64, ["C_CONTIGUOUS", "WRITEABLE"]))
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -167,22 +187,22 @@ def _indices(
 def _gemm(step: Step, src: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
     """im2col rows ``src[idx]`` (M, taps * C) times the step's matrix: (M, C_out).
 
-    The product runs in calls of exactly ``GEMM_ROWS`` rows (the last one padded):
-    BLAS may sum in another order for another number of rows, and a row's
-    result must not depend on the batch it is in.
+    The product runs in calls of exactly :func:`gemm_rows` rows (the last one
+    padded): BLAS may sum in another order for another number of rows, and a
+    row's result must not depend on the batch it is in.
     """
-    m = idx.shape[0]
-    pad = -m % GEMM_ROWS
+    m, rows = idx.shape[0], gemm_rows(src.device)
+    pad = -m % rows
     if pad:
         idx = np.concatenate([idx, np.zeros((pad, idx.shape[1]), dtype=idx.dtype)])
-    mat = src.index_select(0, torch.from_numpy(idx.reshape(-1)).to(src.device)).view(m + pad, -1)
+    mat = src.index_select(0, to_device(idx.reshape(-1), src.device)).view(m + pad, -1)
     w = step.matrix
     out = mat.new_empty((m + pad, w.shape[1]))  # type: ignore[union-attr]
-    for i in range(0, m + pad, GEMM_ROWS):
+    for i in range(0, m + pad, rows):
         if step.bias is None:
-            torch.mm(mat[i : i + GEMM_ROWS], w, out=out[i : i + GEMM_ROWS])  # type: ignore[arg-type]
+            torch.mm(mat[i : i + rows], w, out=out[i : i + rows])  # type: ignore[arg-type]
         else:
-            torch.addmm(step.bias, mat[i : i + GEMM_ROWS], w, out=out[i : i + GEMM_ROWS])  # type: ignore[arg-type]
+            torch.addmm(step.bias, mat[i : i + rows], w, out=out[i : i + rows])  # type: ignore[arg-type]
     return out[:m]
 
 
@@ -213,22 +233,30 @@ def run_group(
     """
     n_ox = g.mask.shape[1]
     done = 0
+    flats: list[np.ndarray] = []
+    acts: list[torch.Tensor] = []  # on the device until the group ends: one copy back, no wait per batch
     for part in g.parts:
         flat_all = np.nonzero(part.mask.ravel())[0]
         for c in range(0, flat_all.size, batch_size):
             flat = flat_all[c : c + batch_size]
             run = np.concatenate([flat, flat]) if flat.size == 1 else flat  # never a batch of one
-            acts = _batch(g, part, steps, cache, pos, size, run // n_ox, run % n_ox)
-            consume(flat, acts[:, : flat.size])
+            acts.append(_batch(g, part, steps, cache, pos, size, run // n_ox, run % n_ox)[:, : flat.size])
+            flats.append(flat)
         done += flat_all.size
+    if acts:
+        values = torch.cat(acts, dim=1).double().cpu().numpy()
+        start = 0
+        for flat in flats:
+            consume(flat, values[:, start : start + flat.size])
+            start += flat.size
     return done
 
 
 def _batch(
     g: IncGroup, part: Part, steps: Sequence[Step], cache: Cache, pos: tuple[np.ndarray, np.ndarray],
     size: int, iy: np.ndarray, ix: np.ndarray,
-) -> np.ndarray:
-    """Members' activations (M, B), float64, at positions ``(iy, ix)`` (B,) of one part."""
+) -> torch.Tensor:
+    """Members' activations (M, B), on the device, at positions ``(iy, ix)`` (B,) of one part."""
     dev = cache.sources[0].device
     ys, xs, nb = part.ys, part.xs, iy.size
     y = cache.sources[0]
@@ -240,7 +268,7 @@ def _batch(
         if gemm:
             y = st.finish(_gemm(st, src, idx.reshape(nb * ny * nx, -1)).view(nb, ny, nx, -1).permute(0, 3, 1, 2))
         else:
-            rows = src.index_select(0, torch.from_numpy(idx.reshape(-1)).to(dev))
+            rows = src.index_select(0, to_device(idx.reshape(-1), dev))
             y = st.run(rows.view(nb, ys.m[s], xs.m[s], ch).permute(0, 3, 1, 2))  # (B, C', ny, nx)
         if s + 1 < g.depth:
             hp, wp = cache.padded[s + 1]
@@ -251,5 +279,4 @@ def _batch(
     ux = np.array([m.target.x for m in g.members])[:, None] - xs.start[last][ix][None, :]
     bi = np.broadcast_to(np.arange(nb)[None, :], uy.shape)
     ui = np.broadcast_to(np.array([m.target.unit for m in g.members])[:, None], uy.shape)
-    acts = y[tuple(torch.from_numpy(np.array(a, dtype=np.int64)).to(dev) for a in (bi, ui, uy, ux))]
-    return acts.double().cpu().numpy()
+    return y[tuple(to_device(a, dev) for a in (bi, ui, uy, ux))]

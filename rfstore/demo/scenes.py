@@ -201,6 +201,17 @@ def scene_arrays(per_class: int, seed: int = 0, split: str = "train", size: int 
     return images, labels
 
 
+def _write_scene(job: tuple[Path, int, int, int, int]) -> Path:
+    """Draw scene ``n`` of a class and write it and its mask; returns the image's path."""
+    root, class_index, n, seed, size = job
+    name = CLASSES[class_index]
+    image, mask = make_scene(class_index, scene_seed(seed, "demo", class_index, n), size)
+    rel = Path(name) / f"{name}_{n:04d}.png"
+    image.save(root / rel)
+    mask.save(root / "masks" / rel)
+    return root / rel
+
+
 SCENES_FILE = "scenes.json"  # what write_scene_folder wrote, to know when a folder must be written again
 SCENES_VERSION = 2
 
@@ -220,27 +231,30 @@ def scene_folder_matches(root: Path, per_class: int = 16, seed: int = 0, size: i
 
 
 def write_scene_folder(root: Path, per_class: int = 16, seed: int = 0, size: int = 96,
-                       replace: bool = False) -> list[Path]:
+                       replace: bool = False, workers: int = 1) -> list[Path]:
     """Write ``per_class`` scenes of every class, their masks and ``concepts.json`` under ``root``.
 
     With ``replace``, everything :func:`write_scene_folder` may have written there
     before (class folders, ``masks/``, ``concepts.json``, ``scenes.json``) is
-    removed first. Returns the image paths, class by class.
+    removed first. ``workers`` > 1 draws the scenes in that many processes (each
+    scene has its own seed, so the files are the same). Returns the image paths,
+    class by class.
     """
     root = Path(root)
     if replace:
         for name in (*CLASSES, "masks"):
             shutil.rmtree(root / name, ignore_errors=True)
-    paths = []
-    for class_index, name in enumerate(CLASSES):
+    jobs = [(root, class_index, n, seed, size) for class_index in range(len(CLASSES)) for n in range(per_class)]
+    for name in CLASSES:
         (root / name).mkdir(parents=True, exist_ok=True)
         (root / "masks" / name).mkdir(parents=True, exist_ok=True)
-        for n in range(per_class):
-            image, mask = make_scene(class_index, scene_seed(seed, "demo", class_index, n), size)
-            rel = Path(name) / f"{name}_{n:04d}.png"
-            image.save(root / rel)
-            mask.save(root / "masks" / rel)
-            paths.append(root / rel)
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            paths = list(pool.map(_write_scene, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+    else:
+        paths = [_write_scene(job) for job in jobs]
     (root / "concepts.json").write_text(json.dumps({str(i): c for i, c in enumerate(CONCEPTS)}, indent=1))
     (root / SCENES_FILE).write_text(json.dumps(_scene_record(per_class, seed, size)))
     return paths

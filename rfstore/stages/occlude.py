@@ -229,6 +229,9 @@ class GroupRunner:
         self.topk = {layer: {name: ctx.store.read(f"{layer_group(ctx.network, layer)}/topk_{name}")
                              for name in ("image", "y", "x")} for layer in layers}
         self.preprocessing = ctx.preprocessing
+        height, width = ctx.input_size
+        self.map_shape = (len(occluder_positions(height, config.size, config.stride)),
+                          len(occluder_positions(width, config.size, config.stride)))
 
     def maps(self, group: list[tuple[str, int]]) -> tuple[dict[tuple[str, int], np.ndarray], dict[str, float]]:
         """``(K, n_oy, n_ox)`` float32 maps of each (layer, unit) of ``group`` (NaN for missing ranks), and counters."""
@@ -261,8 +264,7 @@ class GroupRunner:
         out: dict[tuple[str, int], np.ndarray] = {}
         for layer, unit in group:
             k = int(ctx.layer_attrs(layer)["topk_k"])
-            n_oy, n_ox = ctx.store.array_spec(f"{layer_group(ctx.network, layer)}/discrepancy").shape[2:]
-            unit_maps = np.full((k, n_oy, n_ox), np.nan, dtype=np.float32)
+            unit_maps = np.full((k, *self.map_shape), np.nan, dtype=np.float32)
             for t, (o_layer, o_unit, rank) in enumerate(owners):
                 if (o_layer, o_unit) == (layer, unit):
                     unit_maps[rank] = maps[t]
