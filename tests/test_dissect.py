@@ -93,21 +93,21 @@ def write_masked_folder(root: Path, with_concepts: bool = True) -> Path:
     return root
 
 
-def segmented_store(path: Path, data: Path) -> None:
+def segmented_store(path: Path, data: Path, maps: tuple[str, ...] = ()) -> None:
     with open_store(path, "a") as store:
         run_init(store, InitConfig(model=ModelSpec(HAND_CNN, None, 0), data=data, preprocessing=Preprocessing.tensor(),
                                    layers="1", name="net"))
         ctx = NetworkContext.open(store)
-        run_activations(ctx, ActivationsConfig(batch_size=8, num_workers=0))
+        run_activations(ctx, ActivationsConfig(batch_size=8, num_workers=0, maps=maps))
         run_topk(ctx, TopKConfig(k=3))
         run_occlude(ctx, OccludeConfig(size=2, stride=1, fill="zero", device="cpu"))
         run_rf(ctx, RFConfig())
         run_segment(ctx, SegmentConfig())
 
 
-def expected_scores(store, data: Path) -> tuple[np.ndarray, np.ndarray]:
+def expected_scores(store, data: Path, masks: str = "seg_mask") -> tuple[np.ndarray, np.ndarray]:
     """IoU and chance per (unit, concept), recomputed pixel set by pixel set from the stored masks."""
-    seg, top = store.read("net/1/seg_mask"), store.read("net/1/topk_image")
+    seg, top = store.read(f"net/1/{masks}"), store.read("net/1/topk_image")
     paths = store.read("net/image_path")
     iou, chance = np.zeros((2, 3)), np.zeros((2, 3))
     for unit in range(2):
@@ -167,6 +167,37 @@ def test_stage_scores_resumes_and_opens_in_xarray(tmp_path: Path, suffix: str) -
         assert ds["concept_name"].values.tolist() == ["background", "red", "blue"]
         assert ds["concept"].values.tolist() == before["concept"].tolist()
         np.testing.assert_allclose(ds["iou_chance"].sel(concept_name="red").values, before["iou_chance"][:, 1])
+
+
+def test_activation_masks_score_seg_mask_dissect(tmp_path: Path) -> None:
+    """--masks activation scores NetDissect's thresholded activation maps; switching needs --force."""
+    from typer.testing import CliRunner
+
+    from rfstore.cli import app
+    from rfstore.errors import MissingInputError, StageMismatchError
+
+    data = write_masked_folder(tmp_path / "img")
+    plain = tmp_path / "plain.zarr"
+    segmented_store(plain, data)
+    with open_store(plain, "a") as store:
+        with pytest.raises(MissingInputError, match="--maps 1"):
+            run_dissect(NetworkContext.open(store), DissectConfig(masks="activation"))
+    path = tmp_path / "maps.zarr"
+    segmented_store(path, data, maps=("1",))
+    with open_store(path, "a") as store:
+        ctx = NetworkContext.open(store)
+        assert run_dissect(ctx, DissectConfig(masks="activation")).units_done == {"1": 2}
+        iou, chance = expected_scores(store, data, "seg_mask_dissect")
+        assert not np.allclose(iou, expected_scores(store, data)[0])  # the two segmentations differ here
+        np.testing.assert_allclose(store.read("net/1/concept_iou"), iou, rtol=1e-6)
+        np.testing.assert_allclose(store.read("net/1/iou_chance"), chance, rtol=1e-6)
+        assert store.attrs("net/1")["dissect_masks"] == "activation"
+        with pytest.raises(StageMismatchError, match="masks"):
+            run_dissect(ctx, DissectConfig())
+        run_dissect(ctx, DissectConfig(), force=True)
+        np.testing.assert_allclose(store.read("net/1/concept_iou"), expected_scores(store, data)[0], rtol=1e-6)
+    bad = CliRunner().invoke(app, ["dissect", str(path), "--masks", "both"])
+    assert bad.exit_code == 2 and "--masks must be one of rf, activation" in bad.output
 
 
 def test_mask_follows_the_preprocessing_geometry(tmp_path: Path) -> None:

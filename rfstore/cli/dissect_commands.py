@@ -12,14 +12,21 @@ from rfstore.cli.app import app, handle_errors, say
 
 Layers = Annotated[str | None, typer.Option(help="Comma list of layers (default: every layer with segmentations).")]
 MinIoU = Annotated[float, typer.Option(min=0.0, max=1.0, help="Smallest IoU for a label (NetDissect's 0.04).")]
+Masks = Annotated[str, typer.Option(help="Segmentations to score: rf (the empirical RF on each top image, Zhou) or "
+                                         "activation (the activation map above its 99.5% quantile, NetDissect; "
+                                         "needs --maps layers).")]
 
 
-def dissect_config(layers: str | None = None, min_iou: float | None = None):
+def dissect_config(layers: str | None = None, min_iou: float | None = None, masks: str = "rf"):
     from rfstore.core.dissect import DEFAULT_MIN_IOU
+    from rfstore.errors import RfstoreError
     from rfstore.stages.dissect import DissectConfig
 
-    return DissectConfig(layers=tuple(opt.split_list(layers)),
-                         min_iou=DEFAULT_MIN_IOU if min_iou is None else min_iou)
+    try:
+        return DissectConfig(layers=tuple(opt.split_list(layers)),
+                             min_iou=DEFAULT_MIN_IOU if min_iou is None else min_iou, masks=masks)
+    except RfstoreError as err:  # the config checks its own values
+        raise typer.BadParameter(str(err)) from None
 
 
 def do_dissect(store_path: Path, network: str | None, config, force: bool, *, optional: bool = False) -> None:
@@ -57,9 +64,10 @@ def dissect(
     store: opt.StorePath,
     layers: Layers = None,
     min_iou: MinIoU = 0.04,
+    masks: Masks = "rf",
     network: opt.Network = None,
     force: opt.Force = False,
     wait: opt.Wait = False,
 ) -> None:
     """Concept labels: IoU of each unit's segmentations with the dataset's concept masks (Bau et al. 2017)."""
-    do_dissect(store, network, dissect_config(layers, min_iou), force)
+    do_dissect(store, network, dissect_config(layers, min_iou, masks), force)

@@ -1,6 +1,10 @@
 """Stage ``dissect``: which concept each unit detects, scored against the dataset's concept masks.
 
-Network Dissection (Bau et al. 2017) applied to the segment stage's masks: for
+Network Dissection (Bau et al. 2017) applied to the segment stage's masks (``masks``
+``rf``: ``seg_mask``, the empirical RF placed on each top image, Zhou et al.'s
+segmentation; ``activation``: ``seg_mask_dissect``, the upsampled activation map
+above the unit's 99.5% quantile, Bau et al.'s, written when the activations kept
+their maps): for
 every unit and every concept, the IoU between the unit's segmentations of its
 top-K images and the concept's pixels in those images, counts summed over the
 images, with a chance baseline (:mod:`rfstore.core.dissect` defines both).
@@ -16,12 +20,12 @@ brought to the network's input grid with the store's preprocessing geometry
 
 Reads: ``DIR/concepts.json`` and the masks under ``DIR/masks/``; network attrs
 ``dataset_root``, ``preprocessing``, ``input_size``; ``image_path`` (image);
-per layer ``seg_mask`` (unit, rank, py, px), ``topk_image`` (unit, rank) and the
-segment stage's bookkeeping.
+per layer ``seg_mask`` or ``seg_mask_dissect`` (unit, rank, py, px), ``topk_image``
+(unit, rank) and the segment stage's bookkeeping.
 Writes, per layer: ``concept_name`` (concept_name) str coordinate; ``concept``
 (unit) str, the label ("" if none); ``iou`` (unit) float32, the IoU of the best
 eligible concept (labelled or not); ``concept_iou`` and ``iou_chance`` (unit,
-concept_name) float32; attrs ``dissect_min_iou`` and
+concept_name) float32; attrs ``dissect_min_iou``, ``dissect_masks`` and
 ``dissect_images_without_mask`` (top images of the units scored in the last run
 that have no mask file). Units not scored hold NaN and "".
 
@@ -47,6 +51,7 @@ STAGE_VERSION = 1
 CONCEPTS_FILE = "concepts.json"
 MASKS_DIR = "masks"
 _CACHE_LIMIT = 4096  # concept maps kept in memory per layer
+MASK_ARRAYS = {"rf": "seg_mask", "activation": "seg_mask_dissect"}  # --masks: the segment stage's array it scores
 
 
 class NoConceptsError(MissingInputError):
@@ -63,13 +68,26 @@ class DissectConfig:
         Layers to dissect (default: every layer with segmentations).
     min_iou : float
         Smallest IoU for a label (NetDissect's 0.04).
+    masks : str
+        Which segmentations to score: ``rf`` (``seg_mask``) or ``activation``
+        (``seg_mask_dissect``); see the module docstring.
     """
 
     layers: tuple[str, ...] = ()
     min_iou: float = DEFAULT_MIN_IOU
+    masks: str = "rf"
+
+    def __post_init__(self) -> None:
+        if self.masks not in MASK_ARRAYS:
+            raise RfstoreError(f"--masks must be one of {', '.join(MASK_ARRAYS)}, not {self.masks!r}")
+
+    @property
+    def mask_array(self) -> str:
+        """The segment stage's array these masks are read from."""
+        return MASK_ARRAYS[self.masks]
 
     def params(self, concepts: tuple[str, ...]) -> dict[str, object]:
-        return {"min_iou": self.min_iou, "concepts": list(concepts), "masks": "seg_mask"}
+        return {"min_iou": self.min_iou, "concepts": list(concepts), "masks": self.mask_array}
 
 
 @dataclass
@@ -170,6 +188,11 @@ def run_dissect(ctx: NetworkContext, config: DissectConfig, force: bool = False)
             result.missing.append(layer)
             continue
         group = layer_group(ctx.network, layer)
+        if not ctx.store.is_array(f"{group}/{config.mask_array}"):
+            raise MissingInputError(
+                f"dissect --masks {config.masks} needs {config.mask_array} of layer {layer}, which segment writes "
+                f"only for layers whose activation maps were kept: run 'rfstore activations {ctx.store.path} --maps "
+                f"{layer} --force' and the later stages again, or score --masks rf")
         n_units = ctx.n_units(layer)
         tracker = StageProgress(ctx.store, ctx.network, "dissect", layer)
         params = config.params(concepts)
@@ -182,7 +205,7 @@ def run_dissect(ctx: NetworkContext, config: DissectConfig, force: bool = False)
                                    data=np.asarray(concepts, dtype=object))
             for name, spec in dissect_specs(n_units, len(concepts)).items():
                 ctx.store.create_array(f"{group}/{name}", spec)
-            ctx.store.update_attrs(group, {"dissect_min_iou": config.min_iou})
+            ctx.store.update_attrs(group, {"dissect_min_iou": config.min_iou, "dissect_masks": config.masks})
         ready = seg_tracker.done_mask()
         todo = np.flatnonzero(ready & ~tracker.done_mask())
         without_mask: set[int] = set()
@@ -216,7 +239,7 @@ def _dissect_block(ctx: NetworkContext, layer: str, concepts: tuple[str, ...], c
     top = ctx.store.read(f"{group}/topk_image")
     rows = {name: ctx.store.read(f"{group}/{name}", block) for name in ("concept", "iou", "concept_iou", "iou_chance")}
     for unit in units:
-        seg = ctx.store.read(f"{group}/seg_mask", int(unit))
+        seg = ctx.store.read(f"{group}/{config.mask_array}", int(unit))
         masks, maps = [], []
         for rank, image in enumerate(top[unit]):
             if image < 0 or (seg[rank] == 255).any():
