@@ -180,8 +180,9 @@ def test_activation_masks_score_seg_mask_dissect(tmp_path: Path) -> None:
     plain = tmp_path / "plain.zarr"
     segmented_store(plain, data)
     with open_store(plain, "a") as store:
-        with pytest.raises(MissingInputError, match="--maps 1"):
-            run_dissect(NetworkContext.open(store), DissectConfig(masks="activation"))
+        for layers in ((), ("1",)):  # every layer, or one named
+            with pytest.raises(MissingInputError, match="--maps 1 --force"):
+                run_dissect(NetworkContext.open(store), DissectConfig(layers=layers, masks="activation"))
     path = tmp_path / "maps.zarr"
     segmented_store(path, data, maps=("1",))
     with open_store(path, "a") as store:

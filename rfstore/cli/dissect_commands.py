@@ -54,6 +54,9 @@ def do_dissect(store_path: Path, network: str | None, config, force: bool, *, op
             say(f"dissect: already complete for {', '.join(result.skipped_layers)}; nothing to do there")
         if result.missing:
             say(f"dissect: no segmentations yet for {', '.join(result.missing)} ('rfstore segment')")
+        if result.without_masks:
+            say(f"dissect: no {config.mask_array} for {', '.join(result.without_masks)} (their activation maps "
+                f"were not kept: 'rfstore activations --maps'); left out")
         if result.images_without_mask:
             say(f"dissect: {result.images_without_mask} top image(s) have no mask file and were left out")
 

@@ -98,6 +98,7 @@ class DissectResult:
     skipped_layers: list[str] = field(default_factory=list)
     waiting: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    without_masks: list[str] = field(default_factory=list)  # segmented, but without the --masks array
     images_without_mask: int = 0
 
 
@@ -189,10 +190,10 @@ def run_dissect(ctx: NetworkContext, config: DissectConfig, force: bool = False)
             continue
         group = layer_group(ctx.network, layer)
         if not ctx.store.is_array(f"{group}/{config.mask_array}"):
-            raise MissingInputError(
-                f"dissect --masks {config.masks} needs {config.mask_array} of layer {layer}, which segment writes "
-                f"only for layers whose activation maps were kept: run 'rfstore activations {ctx.store.path} --maps "
-                f"{layer} --force' and the later stages again, or score --masks rf")
+            if config.layers:
+                raise _no_masks_error(ctx, config, [layer])
+            result.without_masks.append(layer)
+            continue
         n_units = ctx.n_units(layer)
         tracker = StageProgress(ctx.store, ctx.network, "dissect", layer)
         params = config.params(concepts)
@@ -225,9 +226,19 @@ def run_dissect(ctx: NetworkContext, config: DissectConfig, force: bool = False)
         if tracker.done_mask().all():
             tracker.complete()
     if not result.units_done and not result.skipped_layers:
+        if result.without_masks:
+            raise _no_masks_error(ctx, config, result.without_masks)
         raise MissingInputError(f"dissect needs segmentations: run 'rfstore segment {ctx.store.path}' first")
     result.images_without_mask = len(all_without_mask)
     return result
+
+
+def _no_masks_error(ctx: NetworkContext, config: DissectConfig, layers: list[str]) -> MissingInputError:
+    names = ",".join(layers)
+    return MissingInputError(
+        f"dissect --masks {config.masks} needs {config.mask_array}, which segment writes only for layers whose "
+        f"activation maps were kept, and layer(s) {names} have none: run 'rfstore activations {ctx.store.path} "
+        f"--maps {names} --force' and the later stages again, or score --masks rf")
 
 
 def _dissect_block(ctx: NetworkContext, layer: str, concepts: tuple[str, ...], config: DissectConfig,
