@@ -57,6 +57,7 @@ def write_labels(store, group: str, n_units: int) -> None:
     for name, values in (("concept_iou", scores), ("iou_chance", chance)):
         store.create_array(f"{group}/{name}", ArraySpec(values.shape, "float32", ("unit", "concept_name"),
                                                         values.shape, np.nan), data=values)
+    store.update_attrs(group, {"dissect_min_iou": 0.04, "dissect_masks": "activation"})
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_layer_and_unit_pages_show_what_is_computed(report_dir: Path, scene_stor
     assert f'data-v="{float(rf_size[0])!r}"' in layer and 'data-v="disk"' in layer
     assert layer.count('<tr data-unit="') == 32 and "table.sortable" in layer
     labelled = (report_dir / "net" / "features.4" / "unit_0000.html").read_text(encoding="utf-8")
-    assert "disk (IoU 0.5)" in labelled and "<th class=\"num\">chance IoU</th>" in labelled
+    assert "disk (IoU 0.5 on activation masks)" in labelled and "<th class=\"num\">chance IoU</th>" in labelled
     for kind in ("montage", "discrepancy", "rf"):
         assert f'src="img/unit_0000_{kind}.png"' in labelled
     waiting = (report_dir / "net" / "features.4" / "unit_0005.html").read_text(encoding="utf-8")

@@ -30,7 +30,8 @@ class LayerInfo:
 
     ``theory_size``/``theory_jump``/``theory_start`` are ``(y, x)`` in input pixels;
     ``k`` is None before ``topk``; ``occluder`` is ``(size, stride)`` or None before
-    ``occlude``; ``rf_threshold`` is None before ``rf``.
+    ``occlude``; ``rf_threshold`` is None before ``rf``; ``dissect_masks`` is the
+    segmentations ``dissect`` scored (``rf`` or ``activation``), None before it.
     """
 
     network: str
@@ -45,6 +46,7 @@ class LayerInfo:
     k: int | None
     occluder: tuple[int, int] | None
     rf_threshold: float | None
+    dissect_masks: str | None = None
 
     @property
     def theory_label(self) -> str:
@@ -133,6 +135,7 @@ def layer_info(ctx: NetworkContext, layer: str) -> LayerInfo:
         theory_jump=_pair(attrs.get("rf_theory_jump")), theory_start=_pair(attrs.get("rf_theory_start")),
         k=int(attrs["topk_k"]) if "topk_k" in attrs else None, occluder=occluder,
         rf_threshold=float(attrs["rf_threshold"]) if "rf_threshold" in attrs else None,
+        dissect_masks=str(attrs.get("dissect_masks", "rf")) if "dissect_min_iou" in attrs else None,
     )
 
 

@@ -228,10 +228,12 @@ def unit_page(unit: UnitData, network_label: str, images: dict[str, str], paths:
     """
     info = unit.info
     title = f"{network_label} / {info.layer} / unit {unit.unit}"
+    scored = {"rf": "empirical-RF masks", "activation": "activation masks"}.get(info.dissect_masks or "")
+    on = f" on {scored}" if scored else ""
     if unit.concept:
-        concept = f"{unit.concept} (IoU {fmt(unit.iou, 2)})"
+        concept = f"{unit.concept} (IoU {fmt(unit.iou, 2)}{on})"
     elif not math.isnan(unit.iou):
-        concept = f"none (best IoU {fmt(unit.iou, 2)}: below chance or the minimum)"
+        concept = f"none (best IoU {fmt(unit.iou, 2)}{on}: below chance or the minimum)"
     else:
         concept = "-"
     facts = [("concept", concept),
