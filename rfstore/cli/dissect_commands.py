@@ -19,14 +19,11 @@ Masks = Annotated[str, typer.Option(help="Segmentations to score: rf (the empiri
 
 def dissect_config(layers: str | None = None, min_iou: float | None = None, masks: str = "rf"):
     from rfstore.core.dissect import DEFAULT_MIN_IOU
-    from rfstore.errors import RfstoreError
     from rfstore.stages.dissect import DissectConfig
 
-    try:
+    with opt.usage_errors():
         return DissectConfig(layers=tuple(opt.split_list(layers)),
                              min_iou=DEFAULT_MIN_IOU if min_iou is None else min_iou, masks=masks)
-    except RfstoreError as err:  # the config checks its own values
-        raise typer.BadParameter(str(err)) from None
 
 
 def do_dissect(store_path: Path, network: str | None, config, force: bool, *, optional: bool = False) -> None:

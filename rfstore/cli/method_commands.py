@@ -42,14 +42,11 @@ def unit_ticker(description: str) -> Callable[[int], Callable[[int], None]]:
 
 def occlude_config(layers: str | None, units: str | None, size: int, stride: int, fill: str, seed: int,
                    device: str, batch_size: int, dtype: str = "float32"):
-    from rfstore.errors import RfstoreError
     from rfstore.stages.occlude import OccludeConfig
 
-    try:
+    with opt.usage_errors():
         return OccludeConfig(size=size, stride=stride, fill=fill, seed=seed, layers=tuple(opt.split_list(layers)),
                              units=opt.parse_units(units), device=device, batch_size=batch_size, dtype=dtype)
-    except RfstoreError as err:  # the config checks its own values
-        raise typer.BadParameter(str(err)) from None
 
 
 def do_occlude(store_path: Path, network: str | None, config, force: bool, client=None) -> None:

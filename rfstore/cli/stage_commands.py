@@ -119,14 +119,11 @@ def init(
 
 def activations_config(batch_size: int, device: str, workers: int | None, maps: str | None,
                        memory_format: str = "auto"):
-    from rfstore.errors import RfstoreError
     from rfstore.stages.activations import ActivationsConfig
 
-    try:
+    with opt.usage_errors():
         return ActivationsConfig(batch_size=batch_size, device=device, num_workers=workers,
                                  maps=tuple(opt.split_list(maps)), memory_format=memory_format)
-    except RfstoreError as err:  # the config checks its own values
-        raise typer.BadParameter(str(err)) from None
 
 
 @app.command()
