@@ -22,9 +22,18 @@ Preprocess = Annotated[str | None, typer.Option(
     help="imagenet (resize 256, crop 224, ImageNet mean/std) | tensor (native size, no normalisation).")]
 Resize = Annotated[int | None, typer.Option(help="Resize the shorter side to this many pixels.")]
 Crop = Annotated[int | None, typer.Option(help="Centre crop to this square size.")]
-Mean = Annotated[str | None, typer.Option(help="Normalisation mean, R,G,B.")]
-Std = Annotated[str | None, typer.Option(help="Normalisation std, R,G,B.")]
-Layers = Annotated[str | None, typer.Option(help="Comma list of module names (default: every ReLU).")]
+Mean = Annotated[str | None, typer.Option(help="Normalisation mean: R,G,B, or one value for every channel.")]
+Std = Annotated[str | None, typer.Option(help="Normalisation std: R,G,B, or one value for every channel.")]
+Layers = Annotated[str | None, typer.Option(
+    help="Comma list of module names (features.4), shell patterns (features.*, *prelu*) and module types "
+         "(type:PReLU). Default: every activation module (ReLU family, ELU, SELU, CELU, GELU, SiLU, Mish, "
+         "Hardswish, Hardtanh, Softplus, Softsign, Tanh, Threshold).")]
+Channels = Annotated[int | None, typer.Option(
+    help="Input channels: 1 reads the images as grayscale, 3 as RGB (default: the model's first "
+         "convolution, checked by a forward pass).")]
+Output = Annotated[str | None, typer.Option(
+    help="For a model with several outputs: the class scores, by position (0, 1, ...) or name (dict key, "
+         "field). Default: the only output whose last dimension is the number of classes.")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute, invalidating what depends on the result.")]
 
 
@@ -111,16 +120,17 @@ def split_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
-def parse_floats(text: str | None, option: str) -> tuple[float, float, float] | None:
+def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    """Three numbers R,G,B, or one for every channel (a grayscale network needs one)."""
     if text is None:
         return None
     try:
         values = tuple(float(v) for v in split_list(text))
     except ValueError:
-        raise typer.BadParameter(f"{option} takes three numbers, R,G,B") from None
-    if len(values) != 3:
-        raise typer.BadParameter(f"{option} takes three numbers, R,G,B")
-    return values  # type: ignore[return-value]
+        raise typer.BadParameter(f"{option} takes three numbers, R,G,B, or one") from None
+    if len(values) not in (1, 3):
+        raise typer.BadParameter(f"{option} takes three numbers, R,G,B, or one")
+    return values
 
 
 def parse_class_map(text: str | None) -> dict[str, int]:

@@ -34,14 +34,15 @@ def _preprocessing(preprocess: str | None, resize: int | None, crop: int | None,
 
 def init_config(model: str, data: Path, weights: str | None, seed: int, trust_pickle: bool, name: str | None,
                 preprocess: str | None, resize: int | None, crop: int | None, mean: str | None, std: str | None,
-                layers: str | None):
+                layers: str | None, channels: int | None = None):
     from rfstore.models import ModelSpec
     from rfstore.stages.init import InitConfig
 
-    return InitConfig(
-        model=ModelSpec(model, weights, seed, trust_pickle), data=data, name=name,
-        preprocessing=_preprocessing(preprocess, resize, crop, mean, std), layers=layers,
-    )
+    spec = ModelSpec(model, weights, seed, trust_pickle)
+    preprocessing = _preprocessing(preprocess, resize, crop, mean, std)
+    with opt.usage_errors():
+        return InitConfig(model=spec, data=data, name=name, preprocessing=preprocessing, layers=layers,
+                          channels=channels)
 
 
 def do_init(store_path: Path, config, force: bool) -> None:
@@ -109,12 +110,13 @@ def init(
     mean: opt.Mean = None,
     std: opt.Std = None,
     layers: opt.Layers = None,
+    channels: opt.Channels = None,
     force: opt.Force = False,
     wait: opt.Wait = False,
 ) -> None:
     """Record the network, its preprocessing, the image folder and the layers of interest."""
     do_init(store, init_config(model, data, weights, seed, trust_pickle, name, preprocess,
-                               resize, crop, mean, std, layers), force)
+                               resize, crop, mean, std, layers, channels), force)
 
 
 def activations_config(batch_size: int, device: str, workers: int | None, maps: str | None,
@@ -172,6 +174,7 @@ def topk(
 def validate(
     store: opt.StorePath,
     class_map: opt.ClassMap = None,
+    output: opt.Output = None,
     batch_size: opt.BatchSize = 64,
     device: opt.Device = "auto",
     workers: opt.Workers = None,
@@ -184,8 +187,8 @@ def validate(
     from rfstore.stages.validate import ValidateConfig, format_report, run_validate
     from rfstore.store import open_store
 
-    config = ValidateConfig(class_map=opt.parse_class_map(class_map), batch_size=batch_size, device=device,
-                            num_workers=workers)
+    config = ValidateConfig(class_map=opt.parse_class_map(class_map), output=output, batch_size=batch_size,
+                            device=device, num_workers=workers)
     with open_store(store, "a") as st:
         report = run_validate(NetworkContext.open(st, network), config, force, progress=progress_bar("validate"))
     typer.echo(format_report(report))
@@ -211,11 +214,16 @@ def rf_theory(
     trust_pickle: opt.TrustPickle = False,
     input_size: Annotated[int, typer.Option(min=1, help="Input height and width in pixels.")] = 224,
     layers: opt.Layers = None,
+    channels: opt.Channels = None,
 ) -> None:
     """Print the theoretical receptive fields of a network's layers (no store needed)."""
     from rfstore.core.rf_theory import describe_table, theoretical_receptive_fields
-    from rfstore.models import ModelSpec, load_model, select_layers
+    from rfstore.models import ModelSpec, input_channels, load_model, select_layers
 
+    if channels is not None and channels not in (1, 3):
+        raise typer.BadParameter(f"--channels must be 1 (grayscale) or 3 (RGB), not {channels}")
     module = load_model(ModelSpec(model, weights, seed, trust_pickle)).module
-    names = select_layers(module, layers)
-    typer.echo(describe_table(theoretical_receptive_fields(module, names, (input_size, input_size))))
+    hw = (input_size, input_size)
+    n_channels = input_channels(module, hw, channels)
+    names = select_layers(module, layers, (n_channels, *hw))
+    typer.echo(describe_table(theoretical_receptive_fields(module, names, hw, in_channels=n_channels)))

@@ -2,7 +2,7 @@
 
 * :func:`scan_image_folder` -> :class:`ImageFolderIndex` (sorted ids, labels, skipped files)
 * :func:`load_rgb` -> upright 8-bit RGB ``PIL.Image`` or :class:`BadImageError`
-* :class:`Preprocessing` -> (3, H, W) float32 network input, JSON round trip
+* :class:`Preprocessing` -> (C, H, W) float32 network input (RGB or grayscale), JSON round trip
 * :class:`ImageFolderDataset` + :func:`collate_images` -> batches of good images plus
   a list of ``(image_index, reason)`` for bad ones
 * :func:`check_relative_paths`, :func:`resolve_inside` -> a store's image paths never

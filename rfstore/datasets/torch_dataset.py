@@ -36,7 +36,7 @@ __all__ = [
 _UNKNOWN_SIZE = (1, 1)
 
 ImageItem = tuple[int, torch.Tensor, str]
-"""One dataset item: (image_index, tensor of shape (3, H, W), error or "")."""
+"""One dataset item: (image_index, tensor of shape (C, H, W), error or ""); C = preprocessing.channels."""
 
 
 class ImageSizeMismatchError(ValueError):
@@ -52,7 +52,7 @@ class ImageSizeMismatchError(ValueError):
     image_ids : tuple of str
         The two offending images.
     sizes : tuple of tuple of int
-        Their tensor shapes, each (3, H, W).
+        Their tensor shapes, each (C, H, W).
     """
 
     def __init__(
@@ -75,7 +75,7 @@ class ImageBatch(NamedTuple):
         Int64, shape (B,): the image index of every item of the batch, good or bad,
         in batch order.
     images : torch.Tensor
-        Float32, shape (G, 3, H, W): the good images only, in batch order; row ``r``
+        Float32, shape (G, C, H, W): the good images only, in batch order; row ``r``
         is the ``r``-th index of ``indices`` that is not in ``errors``.
     errors : list of (int, str)
         ``(image_index, reason)`` for each bad image of the batch, in batch order.
@@ -127,10 +127,10 @@ class ImageFolderDataset(Dataset[ImageItem]):
     Notes
     -----
     Item ``i`` is ``(image_index, tensor, error)``: ``image_index`` is
-    ``indices[i]``; for a good image ``tensor`` is float32 (3, H, W) and ``error`` is
-    ``""``; for a bad one ``tensor`` is zeros of shape (3, crop, crop), or (3, 1, 1)
+    ``indices[i]``; for a good image ``tensor`` is float32 (C, H, W) and ``error`` is
+    ``""``; for a bad one ``tensor`` is zeros of shape (C, crop, crop), or (C, 1, 1)
     when the output size is not fixed, and ``error`` is the reason. Never raises for
-    a bad image.
+    a bad image. C is ``preprocessing.channels`` (3, or 1 for grayscale input).
     """
 
     def __init__(
@@ -196,7 +196,7 @@ class ImageFolderDataset(Dataset[ImageItem]):
 
     def _placeholder(self) -> torch.Tensor:
         height, width = self.preprocessing.output_size() or _UNKNOWN_SIZE
-        return torch.zeros((3, height, width), dtype=torch.float32)
+        return torch.zeros((self.preprocessing.channels, height, width), dtype=torch.float32)
 
 
 def collate_images(batch: Sequence[ImageItem], image_ids: Sequence[str] | None = None) -> ImageBatch:
@@ -213,7 +213,7 @@ def collate_images(batch: Sequence[ImageItem], image_ids: Sequence[str] | None =
     Returns
     -------
     ImageBatch
-        ``(indices (B,) int64, images (G, 3, H, W) float32, errors)``: the indices of
+        ``(indices (B,) int64, images (G, C, H, W) float32, errors)``: the indices of
         all B items, the G <= B good images stacked in batch order, and
         ``(image_index, reason)`` for each of the B - G bad ones.
 

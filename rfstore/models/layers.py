@@ -1,4 +1,6 @@
-"""Choosing the layers whose units are recorded, and probing their output shapes.
+"""The layers whose units are recorded: resolving their names and probing their output shapes.
+
+Which modules a ``--layers`` text selects is :mod:`rfstore.models.selection`.
 
 Layers are named by their module path in ``model.named_modules()``
 (``"features.4"``, ``"layer3"``, ``"classifier.1"``).  A module that runs more
@@ -17,18 +19,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rfstore.errors import RfstoreError
+
 __all__ = [
     "LayerInfo",
     "LayerSelectionError",
     "probe_layers",
     "resolve_layers",
-    "select_layers",
 ]
 
-RELU_KEYWORD = "relu"
 
-
-class LayerSelectionError(ValueError):
+class LayerSelectionError(ValueError, RfstoreError):
     """A layer selection names unknown modules or unsupported outputs."""
 
 
@@ -53,14 +54,6 @@ class LayerInfo:
     kind: str
     num_units: int
     output_shape: tuple[int, ...]
-
-
-def _is_relu(module: nn.Module) -> bool:
-    if isinstance(module, nn.ReLU):
-        return True
-    return isinstance(module, torch.jit.ScriptModule) and (
-        getattr(module, "original_name", None) == "ReLU"
-    )
 
 
 def _unknown_layer_error(name: str, available: Sequence[str]) -> LayerSelectionError:
@@ -98,45 +91,6 @@ def resolve_layers(model: nn.Module, layers: Sequence[str]) -> list[nn.Module]:
             raise _unknown_layer_error(name, list(modules))
         resolved.append(modules[name])
     return resolved
-
-
-def select_layers(model: nn.Module, selection: str | None) -> list[str]:
-    """Turn a user's layer selection into module names.
-
-    Parameters
-    ----------
-    model : nn.Module
-        The network.
-    selection : str or None
-        None, ``""`` or exactly ``"relu"``: every :class:`torch.nn.ReLU` module in
-        registration order (execution order for torchvision models), as in Zhou et
-        al. 2015; a module reused within a pass is recorded at its last call.
-        Otherwise a comma-separated list of module names, containers included
-        (``"features.4,layer3,classifier.1"``); duplicates are dropped.  A lone
-        module that is literally named ``relu`` is selected with ``"relu,"``.
-
-    Returns
-    -------
-    list[str]
-        Module names, in selection order.
-
-    Raises
-    ------
-    LayerSelectionError
-        For unknown names (listing near matches) or a model without ReLU modules.
-    """
-    text = (selection or "").strip()
-    if text in ("", RELU_KEYWORD):
-        names = [name for name, module in model.named_modules() if name and _is_relu(module)]
-        if not names:
-            raise LayerSelectionError(
-                "the model has no torch.nn.ReLU modules (it may use functional ReLUs or "
-                "other activations); name the layers to record explicitly"
-            )
-        return names
-    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    resolve_layers(model, names)
-    return names
 
 
 @contextmanager

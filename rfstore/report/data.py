@@ -282,6 +282,8 @@ def unit_data(ctx: NetworkContext, layer: str, unit: int) -> UnitData:
 class ImageCache:
     """Top images as the network saw them: ``(H, W, 3)`` uint8, preprocessed then un-normalised.
 
+    A grayscale network's images (one channel) are drawn gray: the channel repeated three times.
+
     Images come from the dataset through :func:`rfstore.datasets.load_rgb` and the
     store's recorded :class:`~rfstore.datasets.Preprocessing` (resize, crop), so they
     line up pixel for pixel with ``seg_mask`` and the RF geometry. The last
@@ -319,4 +321,6 @@ class ImageCache:
             self.failures[image] = f"{relative}: {err}"
             return None
         pixels = (tensor.clamp(0, 1) * 255 + 0.5).to(dtype=torch.uint8)
-        return pixels.permute(1, 2, 0).numpy()
+        if pixels.shape[0] == 1:
+            pixels = pixels.expand(3, -1, -1)
+        return np.ascontiguousarray(pixels.permute(1, 2, 0).numpy())

@@ -67,10 +67,21 @@ class NetworkContext:
         return ModelSpec.from_dict(self.attrs["model"])
 
     @property
+    def input_channels(self) -> int:
+        """1 (grayscale) or 3 (RGB): attr ``input_channels``; stores written before it hold 3."""
+        return int(self.attrs.get("input_channels", 3))
+
+    @property
     def preprocessing(self) -> Preprocessing:
+        """The recorded preprocessing, for :attr:`input_channels`-channel input."""
         from rfstore.datasets import Preprocessing
 
-        return Preprocessing.from_dict(self.attrs["preprocessing"])
+        recorded = Preprocessing.from_dict(self.attrs["preprocessing"])
+        try:
+            return recorded.with_channels(self.input_channels)
+        except ValueError as err:
+            raise RfstoreError(f"{self.store.path}: network {self.network!r} records a preprocessing that "
+                               f"does not fit its {self.input_channels}-channel input ({err})") from None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -199,7 +210,10 @@ def internal_group(network: str) -> str:
 
 
 def load_images(ctx: NetworkContext, image_ids: list[int]) -> torch.Tensor:
-    """``(len(image_ids), 3, H, W)`` preprocessed images, read again from the dataset."""
+    """``(len(image_ids), C, H, W)`` preprocessed images, read again from the dataset.
+
+    C is :attr:`NetworkContext.input_channels`: 3 (RGB) or 1 (grayscale, PIL ``L``).
+    """
     import torch
 
     from rfstore.datasets import load_rgb, resolve_inside
@@ -216,5 +230,5 @@ def load_images(ctx: NetworkContext, image_ids: list[int]) -> torch.Tensor:
                                     f"was the dataset changed since 'rfstore activations'?") from err
     if not tensors:
         height, width = ctx.input_size
-        return torch.zeros(0, 3, height, width)
+        return torch.zeros(0, ctx.input_channels, height, width)
     return torch.stack(tensors)

@@ -4,8 +4,8 @@ Reads: the model (``--model``/``--weights``/``--seed``), the image folder (``--d
 Writes:
     ``/`` attrs ``schema_version``, ``created``, ``rfstore_version``;
     ``/{network}`` attrs ``model``, ``weights_sha256``, ``parameters_sha256``,
-    ``preprocessing``, ``input_size``, ``dataset_root``, ``dataset_digest``,
-    ``classes``, ``skipped_files``, ``layers``, library versions;
+    ``preprocessing``, ``input_size``, ``input_channels``, ``dataset_root``,
+    ``dataset_digest``, ``classes``, ``skipped_files``, ``layers``, library versions;
     ``/{network}/image_path``, ``image_label``, ``image_error`` (image);
     ``/{network}/{layer}`` attrs ``kind``, ``num_units``, ``output_shape``,
     ``rf_theory_size``, ``rf_theory_jump``, ``rf_theory_start`` (or ``rf_theory_error``).
@@ -25,7 +25,7 @@ from rfstore import __version__
 from rfstore.core.rf_theory import ReceptiveFieldError, theoretical_receptive_fields
 from rfstore.datasets import BadImageError, ImageFolderIndex, Preprocessing, load_rgb, scan_image_folder
 from rfstore.errors import RfstoreError, StageMismatchError
-from rfstore.models import ModelSpec, load_model, probe_layers, select_layers
+from rfstore.models import ModelSpec, input_channels, load_model, probe_layers, select_layers
 from rfstore.stages.context import parameters_digest
 from rfstore.stages.progress import fingerprint
 from rfstore.store import Store
@@ -50,7 +50,11 @@ class InitConfig:
     preprocessing : Preprocessing, optional
         Default: ImageNet preprocessing for torchvision models, tensor otherwise.
     layers : str, optional
-        Layer selection (``None``: every ReLU).
+        Layer selection (``None``: every activation module; see
+        :func:`rfstore.models.select_layers`).
+    channels : int, optional
+        Input channels, 1 (grayscale) or 3 (RGB); None: found from the model
+        (:func:`rfstore.models.input_channels`).
     """
 
     model: ModelSpec
@@ -58,6 +62,11 @@ class InitConfig:
     name: str | None = None
     preprocessing: Preprocessing | None = None
     layers: str | None = None
+    channels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels is not None and self.channels not in (1, 3):
+            raise RfstoreError(f"--channels must be 1 (grayscale) or 3 (RGB), not {self.channels}")
 
     def resolved_name(self) -> str:
         return self.name or self.model.default_name()
@@ -99,15 +108,16 @@ def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResul
     root = Path(config.data).expanduser().resolve()
     if not root.is_dir():
         raise RfstoreError(f"--data {config.data} is not a directory")
-    preprocessing = config.resolved_preprocessing()
     loaded = load_model(config.model)
     model = loaded.module
-    layer_names = select_layers(model, config.layers)
-    if not layer_names:
-        raise RfstoreError(f"{config.model.spec} has no layer matching --layers {config.layers or 'relu'}")
     index = scan_image_folder(root)
     if not index.paths:
         raise RfstoreError(f"no image files in {root}")
+    preprocessing = config.resolved_preprocessing()
+    input_hw = input_size_for(preprocessing, index)
+    channels = input_channels(model, input_hw, config.channels)
+    preprocessing = _for_channels(preprocessing, channels)
+    layer_names = select_layers(model, config.layers, (channels, *input_hw))
 
     params = {
         "model": config.model.to_dict(), "preprocessing": preprocessing.to_dict(),
@@ -127,9 +137,8 @@ def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResul
                 f"use --force to start it over, or --name to add another network")
         store.delete(network)
 
-    input_hw = input_size_for(preprocessing, index)
-    infos = probe_layers(model, layer_names, (3, *input_hw))
-    rfs, rf_errors = _theoretical_rfs(model, layer_names, input_hw)
+    infos = probe_layers(model, layer_names, (channels, *input_hw))
+    rfs, rf_errors = _theoretical_rfs(model, layer_names, input_hw, channels)
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     root_attrs = store.attrs("")
@@ -164,7 +173,7 @@ def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResul
         "model": config.model.to_dict(), "model_spec": config.model.spec,
         "weights_sha256": loaded.weights_sha256 or "", "parameters_sha256": parameters_digest(model),
         "num_classes": loaded.num_classes if loaded.num_classes is not None else -1,
-        "preprocessing": preprocessing.to_dict(), "input_size": list(input_hw),
+        "preprocessing": preprocessing.to_dict(), "input_size": list(input_hw), "input_channels": channels,
         "dataset_root": str(root), "dataset_digest": index.digest(), "classes": list(index.classes),
         "skipped_files": [[s.path, s.reason] for s in index.skipped],
         "layers": layer_names, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
@@ -175,16 +184,28 @@ def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResul
     return InitResult(network, n_images, layer_names, len(index.skipped), already_done=False)
 
 
-def _theoretical_rfs(model: torch.nn.Module, layers: list[str], input_hw: tuple[int, int]) -> tuple[dict, dict[str, str]]:
+def _for_channels(preprocessing: Preprocessing, channels: int) -> Preprocessing:
+    """The preprocessing for ``channels``-channel input; an RGB normalisation on a grayscale network is an error."""
+    try:
+        return preprocessing.with_channels(channels)
+    except ValueError:
+        raise RfstoreError(
+            f"the network takes {channels} input channel(s) but the preprocessing normalises with "
+            f"mean {list(preprocessing.mean or [])} and std {list(preprocessing.std or [])} (R, G, B); "
+            f"give --mean and --std one value each, or --preprocess tensor") from None
+
+
+def _theoretical_rfs(model: torch.nn.Module, layers: list[str], input_hw: tuple[int, int],
+                     channels: int) -> tuple[dict, dict[str, str]]:
     """Theoretical RFs of the layers that can be analysed, and the reason for each that cannot."""
     try:
-        return theoretical_receptive_fields(model, layers, input_hw), {}
+        return theoretical_receptive_fields(model, layers, input_hw, in_channels=channels), {}
     except ReceptiveFieldError:
         pass
     rfs, errors = {}, {}
     for layer in layers:
         try:
-            rfs |= theoretical_receptive_fields(model, [layer], input_hw)
+            rfs |= theoretical_receptive_fields(model, [layer], input_hw, in_channels=channels)
         except ReceptiveFieldError as err:
             errors[layer] = str(err)
     return rfs, errors

@@ -3,11 +3,18 @@
 The original study used this to check that its preprocessing matched the one the
 network was trained with (AvatarNet: geo/lmk).
 
+A model with several outputs (tuple, list, dict, namedtuple, dataclass) is
+validated on its class scores: the output named by ``--output`` (position or
+name), or else the only output whose last dimension is the number of classes:
+the dataset's folders first, then the network's last ``Linear``
+(:func:`rfstore.models.choose_output`).
+
 Reads: ``/{network}`` attrs, ``image_path``, ``image_label``.
 Writes: ``/{network}/validation/confusion`` (true_class, predicted_class), with
 coordinates ``true_class`` and ``predicted_class`` (the mapped classes, then
 ``other`` for outputs that no class maps to); attrs ``accuracy``, ``n_images``,
-``class_map``.
+``class_map``, ``class_names``, ``output`` (the label of the class scores, ``""``
+for a model with one output).
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ from torch.utils.data import DataLoader
 
 from rfstore.datasets import ImageFolderDataset
 from rfstore.errors import RfstoreError
+from rfstore.models import choose_output, named_outputs, pick_output
+from rfstore.models.inputs import probe_forward
 from rfstore.stages.activations import default_workers
 from rfstore.stages.context import NetworkContext
 from rfstore.stages.devices import exact_float32, resolve_device
@@ -33,6 +42,7 @@ STAGE_VERSION = 1
 @dataclass(frozen=True)
 class ValidateConfig:
     class_map: dict[str, int] = field(default_factory=dict)
+    output: str | None = None
     batch_size: int = 64
     device: str = "auto"
     num_workers: int | None = None
@@ -69,25 +79,45 @@ def resolve_class_map(classes: list[str], class_map: dict[str, int], num_classes
     return dict(class_map)
 
 
+def scores_output(ctx: NetworkContext, model: torch.nn.Module, choice: str | None) -> tuple[str, int]:
+    """The label of the class scores among the model's outputs and their number of classes.
+
+    One forward pass on a zero input of the recorded size; see the module docstring.
+    """
+    output = probe_forward(model, (ctx.input_channels, *ctx.input_size))
+    counts = [len(ctx.attrs.get("classes", [])), int(ctx.attrs.get("num_classes", -1))]
+    label = choose_output(named_outputs(output), choice, counts)
+    return label, int(pick_output(output, label).shape[1])
+
+
+def _complete(tracker: StageProgress, fp: str, force: bool) -> bool:
+    record = tracker.record()
+    return not force and record is not None and record.fingerprint == fp and record.state == "complete"
+
+
 def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = False,
                  progress: Callable[[Iterator, int], Iterator] | None = None) -> ValidationReport:
     classes = list(ctx.attrs.get("classes", []))
-    class_map = resolve_class_map(classes, config.class_map, int(ctx.attrs.get("num_classes", -1)))
-    params = {"class_map": class_map}
+    class_map = resolve_class_map(classes, config.class_map, -1)
+    params: dict[str, object] = {"class_map": class_map}
+    if config.output is not None:  # stores validated before the option keep their fingerprint
+        params["output"] = config.output
     tracker = StageProgress(ctx.store, ctx.network, "validate")
     fp = fingerprint("validate", STAGE_VERSION, params, [ctx.attrs["init_fingerprint"]])
     group = f"{ctx.network}/validation"
-    plan = tracker.begin(params, fp, 1, force)
-    if plan is Plan.SKIP:
+    if _complete(tracker, fp, force):
         attrs = ctx.store.attrs(group)
         return ValidationReport(classes, class_map, ctx.store.read(f"{group}/confusion"), int(attrs["n_images"]))
+    device = resolve_device(config.device)
+    model = ctx.load_model().module.to(device)
+    output, n_outputs = scores_output(ctx, model, config.output)  # errors come before the stage starts
+    resolve_class_map(classes, class_map, n_outputs)
+    tracker.begin(params, fp, 1, force)
 
     labels = ctx.store.read(f"{ctx.network}/image_label")
     indices = [int(i) for i in np.flatnonzero(labels >= 0)]
     output_to_column = {index: classes.index(name) for name, index in class_map.items()}
     confusion = np.zeros((len(classes), len(classes) + 1), dtype=np.int64)
-    device = resolve_device(config.device)
-    model = ctx.load_model().module.to(device)
     dataset = ImageFolderDataset(ctx.dataset_root, list(ctx.image_paths()), ctx.preprocessing, indices)
     workers = default_workers() if config.num_workers is None else config.num_workers
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=workers, collate_fn=dataset.collate)
@@ -98,7 +128,7 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
             good_ids = [int(i) for i in image_ids.numpy() if int(i) not in bad]
             if not good_ids:
                 continue
-            predicted = model(images.to(device)).argmax(dim=1).cpu().numpy()
+            predicted = pick_output(model(images.to(device)), output).argmax(dim=1).cpu().numpy()
             for image, output in zip(good_ids, predicted):
                 confusion[labels[image], output_to_column.get(int(output), len(classes))] += 1
             n_images += len(good_ids)
@@ -110,7 +140,7 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
                                                            confusion.shape, 0), data=confusion)
     report = ValidationReport(classes, class_map, confusion, n_images)
     ctx.store.update_attrs(group, {"accuracy": report.accuracy, "n_images": n_images, "class_map": class_map,
-                                   "class_names": classes + ["other"]})
+                                   "class_names": classes + ["other"], "output": output})
     tracker.mark_done(0)
     tracker.complete()
     return report
