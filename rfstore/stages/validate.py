@@ -110,7 +110,7 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
         return ValidationReport(classes, class_map, ctx.store.read(f"{group}/confusion"), int(attrs["n_images"]))
     device = resolve_device(config.device)
     model = ctx.load_model().module.to(device)
-    output, n_outputs = scores_output(ctx, model, config.output)  # errors come before the stage starts
+    scores_label, n_outputs = scores_output(ctx, model, config.output)  # errors come before the stage starts
     resolve_class_map(classes, class_map, n_outputs)
     tracker.begin(params, fp, 1, force)
 
@@ -128,7 +128,7 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
             good_ids = [int(i) for i in image_ids.numpy() if int(i) not in bad]
             if not good_ids:
                 continue
-            predicted = pick_output(model(images.to(device)), output).argmax(dim=1).cpu().numpy()
+            predicted = pick_output(model(images.to(device)), scores_label).argmax(dim=1).cpu().numpy()
             for image, output in zip(good_ids, predicted):
                 confusion[labels[image], output_to_column.get(int(output), len(classes))] += 1
             n_images += len(good_ids)
@@ -140,7 +140,7 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
                                                            confusion.shape, 0), data=confusion)
     report = ValidationReport(classes, class_map, confusion, n_images)
     ctx.store.update_attrs(group, {"accuracy": report.accuracy, "n_images": n_images, "class_map": class_map,
-                                   "class_names": classes + ["other"], "output": output})
+                                   "class_names": classes + ["other"], "output": scores_label})
     tracker.mark_done(0)
     tracker.complete()
     return report
