@@ -44,7 +44,7 @@ def _network_status(ctx: NetworkContext) -> list[str]:
     attrs = ctx.attrs
     lines = [
         f"network {ctx.network}: {attrs['model_spec']} ({describe_weights(attrs['model'])}), "
-        f"input {attrs['input_size'][0]}x{attrs['input_size'][1]}",
+        f"input {attrs['input_size'][0]}x{attrs['input_size'][1]} {'grayscale' if ctx.input_channels == 1 else 'RGB'}",
         f"  images: {ctx.n_images} from {attrs['dataset_root']} ({len(attrs.get('classes', []))} classes)",
         f"  activations: {stage_state(ctx.store, ctx.network, 'activations')}",
     ]
