@@ -152,6 +152,11 @@ def _listing(model: nn.Module, candidates: dict[str, Candidate] | None) -> str:
     return f"{header}:\n" + "\n".join(lines)
 
 
+def _is_pattern(item: str) -> bool:
+    """A ``type:`` item or a shell pattern, as opposed to one module name."""
+    return item.startswith("type:") or bool(_GLOB_CHARACTERS & set(item))
+
+
 def _expand(model: nn.Module, item: str, candidates: dict[str, Candidate] | None) -> list[str]:
     """The names one pattern or ``type:`` item selects, recordable ones only when shapes are known."""
     modules = [(name, module) for name, module in model.named_modules() if name]
@@ -179,9 +184,10 @@ def select_layers(model: nn.Module, selection: str | None,
         None or ``""`` for the default (every activation module), else a
         comma-separated list of names, patterns and ``type:NAME`` items.
     input_shape : tuple[int, int, int], optional
-        ``(C, H, W)`` of one input. When given, one forward pass on zeros finds
-        every module's output shape: patterns, types and the default keep only
-        recordable modules, and errors list the candidates with their shapes.
+        ``(C, H, W)`` of one input. When given (and the selection is the default
+        or has a pattern or type), one forward pass on zeros finds every module's
+        output shape: patterns, types and the default keep only recordable
+        modules, and errors list the candidates with their shapes.
 
     Returns
     -------
@@ -196,8 +202,12 @@ def select_layers(model: nn.Module, selection: str | None,
         candidate modules).
     """
     text = (selection or "").strip()
-    candidates = module_candidates(model, input_shape) if input_shape is not None else None
-    if not text:
+    items = ["type:ReLU"] if text == _LEGACY_RELU else [p.strip() for p in text.split(",") if p.strip()]
+    if text and not items:
+        raise LayerSelectionError(f"--layers {selection!r} names no layer")
+    needs_shapes = input_shape is not None and (not items or any(_is_pattern(item) for item in items))
+    candidates = module_candidates(model, input_shape) if needs_shapes else None  # type: ignore[arg-type]
+    if not items:
         names = [name for name, module in model.named_modules() if name and is_activation(module)]
         if candidates is not None:
             names = [name for name in names if name in candidates and candidates[name].recordable]
@@ -208,12 +218,9 @@ def select_layers(model: nn.Module, selection: str | None,
                 f"layers with --layers: names, patterns such as 'features.*' or types such as type:Conv2d; "
                 f"{_listing(model, candidates)}")
         return names
-    items = ["type:ReLU"] if text == _LEGACY_RELU else [p.strip() for p in text.split(",") if p.strip()]
-    if not items:
-        raise LayerSelectionError(f"--layers {selection!r} names no layer")
     selected: dict[str, None] = {}
     for item in items:
-        if item.startswith("type:") or _GLOB_CHARACTERS & set(item):
+        if _is_pattern(item):
             names = _expand(model, item, candidates)
             if not names:
                 what = "module type" if item.startswith("type:") else "pattern"
