@@ -410,6 +410,10 @@ def test_a_network_that_cannot_take_rgb_images(tmp_path: Path, folder: Path) -> 
         ctx = NetworkContext.open(st, "g")
         assert ctx.preprocessing == Preprocessing(None, None, (0.5,), (0.25,), channels=1)
         assert load_images(ctx, [0]).shape == (1, 1, SIZE, SIZE)
+    code, out = cli("rf-theory", "--model", f"{HERE}:gray_net", "--input-size", "12")
+    assert code == 0 and re.search(r"^act +conv +3 3 +1 1 +1 1$", out, re.M), out
+    code, out = cli("rf-theory", "--model", f"{HERE}:gray_net", "--input-size", "12", "--channels", "3")
+    assert code == 1 and "cannot be run on RGB images" in out, out
 
 
 def test_rgb_stores_keep_their_records(tmp_path: Path, folder: Path) -> None:

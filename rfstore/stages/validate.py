@@ -32,7 +32,7 @@ from rfstore.models.inputs import probe_forward
 from rfstore.stages.activations import default_workers
 from rfstore.stages.context import NetworkContext
 from rfstore.stages.devices import exact_float32, resolve_device
-from rfstore.stages.progress import Plan, StageProgress, fingerprint
+from rfstore.stages.progress import StageProgress, fingerprint
 from rfstore.store import ArraySpec
 from rfstore.store.layout import write_coordinate
 
