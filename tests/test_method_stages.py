@@ -89,7 +89,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, scene_folder: Path) -> 
 
 def test_discrepancy_matches_captum_occlusion(tiny_store: Path, tmp_path: Path) -> None:
     captum = pytest.importorskip("captum.attr")
-    from rfstore.core.occlusion import pixel_attribution
+    from rfstore.occlusion.attribution import pixel_attribution
     from rfstore.demo.network import tiny_alexnet
     from rfstore.stages.context import load_images
 
@@ -193,37 +193,42 @@ def test_zero_outside_theoretical_rf_and_rf_within_it(tiny_store: Path, tmp_path
 
 
 def test_occlusion_resumes_to_identical_bits(tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted after its first image (a checkpoint per image), occlude resumes to the same bits."""
     import shutil
 
     config = OccludeConfig(size=8, stride=4, fill="noise", seed=3, units=slice(0, 6), layers=("features.11",),
-                           device="cpu", units_per_group=2)
+                           device="cpu")
     reference, resumed = tmp_path / "ref.zarr", tmp_path / "resumed.zarr"
     shutil.copytree(tiny_store, reference)
     shutil.copytree(tiny_store, resumed)
     with open_store(reference, "a") as st:
         run_occlude(NetworkContext.open(st), config)
         expected = st.read("net/features.11/discrepancy")
+        images = st.read("net/features.11/topk_image")[:6]
     calls = {"n": 0}
-    original = occlude_stage.discrepancy_maps
+    original = occlude_stage.MapMaker.maps
 
-    def crash_on_second(*args, **kwargs):
+    def crash_on_second(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(occlude_stage, "discrepancy_maps", crash_on_second)
+    monkeypatch.setattr(occlude_stage, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(occlude_stage.MapMaker, "maps", crash_on_second)
     with open_store(resumed, "a") as st, pytest.raises(KeyboardInterrupt):
         run_occlude(NetworkContext.open(st), config)
-    monkeypatch.setattr(occlude_stage, "discrepancy_maps", original)
+    monkeypatch.setattr(occlude_stage.MapMaker, "maps", original)
+    first = images[images >= 0].min()
     with open_store(resumed, "a") as st:
-        done = st.read("net/_rfstore/occlude/features.11/done")
-        assert done[:2].tolist() == [1, 1] and done[2:].sum() == 0
+        done = st.read("net/_rfstore/occlude/features.11/done").reshape(-1, images.shape[1])[:6].astype(bool)
+        assert (done == (images == first)).all()  # exactly the maps of the first image
         result = run_occlude(NetworkContext.open(st), config)
-        assert result.units_done == {"features.11": 4}
+        assert sum(result.maps_done.values()) == int((images >= 0).sum() - (images == first).sum())
+        assert result.units_done["features.11"] == 6 - int((images == first).all(axis=1).sum())
         got = st.read("net/features.11/discrepancy")
         again = run_occlude(NetworkContext.open(st), config)
-        assert again.units_done == {}
+        assert again.maps_done == {}
     np.testing.assert_array_equal(got[:6], expected[:6])
     assert np.isnan(got[6:]).all()
 

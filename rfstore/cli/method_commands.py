@@ -24,11 +24,11 @@ Summary = Annotated[bool, typer.Option("--summary", help="Print Zhou's Table 1: 
 OccBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Occluded inputs per forward pass.")]
 
 
-def unit_ticker(description: str) -> Callable[[int], Callable[[int], None]]:
+def unit_ticker(description: str, unit: str = "unit") -> Callable[[int], Callable[[int], None]]:
     from tqdm import tqdm
 
     def start(total: int) -> Callable[[int], None]:
-        bar = tqdm(total=total, desc=description, unit="unit", disable=None, file=sys.stderr)
+        bar = tqdm(total=total, desc=description, unit=unit, disable=None, file=sys.stderr)
 
         def tick(n: int) -> None:
             bar.update(n)
@@ -55,13 +55,13 @@ def do_occlude(store_path: Path, network: str | None, config, force: bool, clien
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as store:
-        result = run_occlude(NetworkContext.open(store, network), config, force, progress=unit_ticker("occlude"),
-                             client=client)
-    for layer, n in result.units_done.items():
-        say(f"occlude: {layer}: {n} unit(s) done")
+        result = run_occlude(NetworkContext.open(store, network), config, force,
+                             progress=unit_ticker("occlude", "img"), client=client)
+    for layer, n in result.maps_done.items():
+        say(f"occlude: {layer}: {n} map(s) computed, {result.units_done.get(layer, 0)} unit(s) complete")
     if result.skipped_layers:
         say(f"occlude: already complete for {', '.join(result.skipped_layers)}; nothing to do there")
-    if not result.units_done and not result.skipped_layers:
+    if not result.maps_done and not result.skipped_layers:
         say("occlude: the selected units were already done")
 
 

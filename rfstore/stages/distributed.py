@@ -1,4 +1,4 @@
-"""The stages' work as Dask tasks: ``activations`` by image blocks, ``topk`` by shards, ``occlude`` by units.
+"""The stages' work as Dask tasks: ``activations`` by image blocks, ``topk`` by shards (``occlude``'s own tasks are in its module).
 
 The client (the process that runs the stage, holding the store's writer lock)
 plans as in one process (:class:`~rfstore.stages.progress.StageProgress`
@@ -15,9 +15,7 @@ write only whole chunks that their task owns:
   and returning that shard's partial top-K; the client merges them
   (:meth:`~rfstore.core.topk.RunningTopK.merge`, independent of order and
   sharding) and writes ``topk_*`` itself.
-- ``occlude``: one task per group of ``units_per_group`` units, the very groups
-  of a one-process run. Reads ``topk_*`` and the top images; writes those
-  units' ``discrepancy`` chunks (one unit per chunk).
+- ``occlude``: one task per block of images (:mod:`rfstore.stages.occlude`).
 
 Each task computes exactly what one process computes for the same block or
 group, in the same batches, so a cluster run gives the same bits. A task checks
@@ -76,7 +74,8 @@ def check_generation(store: Store, network: str, stage: str, layer: str | None, 
         raise StaleTaskError(f"{what} was restarted after this task was sent; its results were not written")
 
 
-def _generation(tracker: StageProgress) -> str:
+def stage_generation(tracker: StageProgress) -> str:
+    """The generation of a running stage (a task checks it before writing)."""
     record = tracker.record()
     if record is None:
         raise RfstoreError(f"{tracker.label} has no record in the store")
@@ -111,7 +110,7 @@ def activations_on_cluster(client: Any, ctx: NetworkContext, config: Any, tracke
     ``progress`` is the one-process stage's wrapper of an iterator of batches
     (it counts ``len(batch[0])`` images); here each item is a finished block.
     """
-    path, generation = store_location(ctx.store), _generation(tracker)
+    path, generation = store_location(ctx.store), stage_generation(tracker)
     tasks = [Task(f"activations-block{block[0]}", activations_task,
                   (path, ctx.network, config, generation, block, units, map_shapes)) for block in blocks]
 
@@ -153,36 +152,3 @@ def layer_topk_on_cluster(client: Any, ctx: NetworkContext, layer: str, config: 
     for state in completed(client, tasks):
         merged.merge(RunningTopK.from_state_dict(state))
     return merged.result()
-
-
-# -- occlude -----------------------------------------------------------------------
-def occlude_task(store_path: str, network: str, config: Any, layers: list[str], group: list[tuple[str, int]],
-                 generations: dict[str, str]) -> tuple[list[tuple[str, int]], dict[str, float]]:
-    """Worker: discrepancy maps of one group of units, written; returns the group and its counters."""
-    from rfstore.stages.occlude import GroupRunner, write_unit_maps
-
-    with open_store_for_worker(store_path) as store:
-        ctx = WorkerContext(store, network)
-        maps, stats = GroupRunner(ctx, config, layers).maps(group)
-        for layer in sorted({layer for layer, _ in group}):
-            check_generation(store, network, "occlude", layer, generations[layer])
-        write_unit_maps(ctx, maps)
-    return group, stats
-
-
-def occlude_on_cluster(client: Any, ctx: NetworkContext, config: Any, work: list[tuple[str, int]],
-                       trackers: dict[str, StageProgress], progress: Callable | None, result: Any) -> None:
-    """Client: one task per group of units (the one-process groups); flag units done as tasks return."""
-    from rfstore.stages.occlude import record_group
-
-    layers = sorted({layer for layer, _ in work}, key=ctx.layers.index)
-    generations = {layer: _generation(trackers[layer]) for layer in layers}
-    path, size = store_location(ctx.store), config.units_per_group
-    groups = [work[start:start + size] for start in range(0, len(work), size)]
-    tasks = [Task(f"occlude-units-{group[0][0]}-{group[0][1]}", occlude_task,
-                  (path, ctx.network, config, layers, group, generations)) for group in groups]
-    tick = progress(len(work)) if progress else None
-    for group, stats in completed(client, tasks):
-        record_group(trackers, [(layer, int(unit)) for layer, unit in group], stats, result)
-        if tick:
-            tick(len(group))

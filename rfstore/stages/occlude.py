@@ -1,38 +1,32 @@
-"""Stage ``occlude``: discrepancy maps of each unit's top-K images (Zhou et al. 2015, sec. 3.2).
+"""Stage ``occlude``: discrepancy maps of each unit's top-K images (Zhou et al. 2015, sec. 3.2), image by image.
 
-Reads: ``/{network}`` attrs and ``image_path``; per layer ``topk_image``,
-``topk_y``, ``topk_x`` (unit, rank) and the ``rf_theory_*`` attrs.
+Reads: ``/{network}`` attrs and ``image_path``; per layer ``topk_image``, ``topk_y``,
+``topk_x`` (unit, rank) and the ``rf_theory_*`` attrs.
 Writes, per layer: ``discrepancy`` (unit, rank, oy, ox) = activation(original) -
-activation(occluded) of the unit at (topk_y, topk_x); coordinates ``oy``/``ox``
-(top-left pixel of the occluder) and ``rank``; attrs ``occluder_size``,
-``occluder_stride``, ``occluder_fill``, ``occluder_seed``.
+activation(occluded) of the unit at (topk_y, topk_x), one chunk per (unit, rank);
+coordinates ``oy``/``ox`` (top-left pixel of the occluder) and ``rank``; attrs
+``occluder_size``, ``occluder_stride``, ``occluder_fill``, ``occluder_seed``.
 
-Work is done a group of units at a time, mixing layers so that units that share
-top images share occluded forward passes (:func:`rfstore.core.occlusion.discrepancy_maps`);
-each unit is flagged done once its maps are written, so a killed run resumes
-with the units not yet done. The ``noise`` fill is a function of (seed, image)
-only, so the fill does not depend on grouping, batch size or resumption. The
-numbers do not depend on ``batch_size`` either, but the groups decide which
-targets share a batch, and a different grouping (``--units`` ranges that cut
-groups differently) can change the last bits (measured: up to 3.7e-8 relative on
-AlexNet features.9); groups are therefore fixed (``units_per_group`` units of the
-layer's order), so a fresh run, a resumed run and a Dask run
-(:mod:`rfstore.stages.distributed`, one task per group) give identical bits.
+The work is image-major: every distinct image in the top-K of a selected unit (any
+selected layer) is occluded once per occluder position, and the maps of every selected
+(unit, rank) that holds the image are read off that pass
+(:class:`rfstore.occlusion.OcclusionEngine`).  A map's bits depend only on its image,
+unit and the network, so the checkpoints (a flag per (unit, rank), set after its map is
+written), resumption, ``--units``/``--layers`` selections and Dask tasks (blocks of
+images) all give the same store bit for bit.
 """
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from rfstore.core.occlusion import LayerGeometry, OcclusionTarget, discrepancy_maps, occluder_positions
-from rfstore.datasets import Preprocessing
 from rfstore.errors import RfstoreError
-from rfstore.models import FeatureExtractor
+from rfstore.occlusion import LayerGeometry, Occluder, OccluderError, OcclusionEngine, OcclusionStats, OcclusionTarget
 from rfstore.stages.context import NetworkContext, load_images
 from rfstore.stages.devices import exact_float32, resolve_device
 from rfstore.stages.progress import Plan, StageProgress, fingerprint, upstream_token
@@ -40,18 +34,20 @@ from rfstore.store.layout import discrepancy_spec, layer_group, write_coordinate
 
 STAGE_VERSION = 1
 DTYPES = ("float32", "bfloat16", "float16")
+CHECKPOINT_SECONDS = 2.0
+"""Finished maps are written and flagged at least this often (and after the last image)."""
 
 
 @dataclass(frozen=True)
 class OccludeConfig:
     """Parameters of ``rfstore occlude``; size, stride, fill, seed and dtype define the results.
 
-    ``dtype`` float32 (the default) is exact; bfloat16 and float16 run the
-    network in that precision (fast on a GPU, slow on most CPUs) and give
-    approximate maps: a discrepancy is a difference of two activations, so its
-    error is a fraction of the layer's activations, not of the discrepancy
-    (measured on the test network: 0.3% of the layer's largest top activation
-    for bfloat16, 0.05% for float16).
+    ``dtype`` float32 (the default) is exact; bfloat16 and float16 run the network in
+    that precision (fast on a GPU, slow on most CPUs) and give approximate maps: a
+    discrepancy is a difference of two activations, so its error is a fraction of the
+    layer's activations, not of the discrepancy.  ``batch_size`` (positions per
+    incremental batch) and ``images_per_task`` (Dask) bound memory and split work;
+    they never change a result.
     """
 
     size: int = 11
@@ -62,19 +58,20 @@ class OccludeConfig:
     units: slice | None = None
     device: str = "auto"
     batch_size: int = 256
-    units_per_group: int = 8
     dtype: str = "float32"
+    images_per_task: int = 16
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise RfstoreError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        if self.size < 1 or self.stride < 1:
-            raise RfstoreError("--size and --stride must be at least 1")
-        if self.fill not in ("noise", "zero", "mean"):
-            try:
-                float(self.fill)
-            except ValueError:
-                raise RfstoreError(f"--fill must be noise, zero, mean or a number, not {self.fill!r}") from None
+        try:
+            self.occluder
+        except OccluderError as err:
+            raise RfstoreError(str(err)) from None
+
+    @property
+    def occluder(self) -> Occluder:
+        return Occluder(self.size, self.stride, self.fill, self.seed)
 
     def params(self) -> dict[str, object]:
         params: dict[str, object] = {"size": self.size, "stride": self.stride, "fill": self.fill, "seed": self.seed}
@@ -87,35 +84,25 @@ class OccludeConfig:
         return getattr(torch, self.dtype)
 
 
-def occluder_fill(config: OccludeConfig, image: torch.Tensor, image_index: int,
-                  preprocessing: Preprocessing) -> torch.Tensor:
-    """The (3, H, W) content an occluder puts over ``image``, in the network's input space.
+@dataclass(frozen=True)
+class Work:
+    """One (layer, unit, rank) map to compute, on image ``image`` at cell ``(y, x)``."""
 
-    ``noise``: uniform RGB noise in [0, 1] pixel space, normalised like the images,
-    drawn from a generator seeded by (seed, image index); ``zero``: 0 in input space;
-    ``mean``: the image's per-channel mean; a number: that constant in input space.
-    """
-    if config.fill == "noise":
-        generator = torch.Generator().manual_seed(hash_seed(config.seed, image_index))
-        pixels = torch.rand(image.shape, generator=generator, dtype=torch.float32)
-        return preprocessing.from_pixels(pixels)
-    if config.fill == "zero":
-        return torch.zeros_like(image)
-    if config.fill == "mean":
-        return image.mean(dim=(1, 2), keepdim=True).expand_as(image).clone()
-    return torch.full_like(image, float(config.fill))
-
-
-def hash_seed(seed: int, image_index: int) -> int:
-    """A 63-bit seed for one image, stable across runs and platforms."""
-    return (int(seed) * 1_000_003 + int(image_index) * 7_919 + 0x5EED) % (2**63 - 1)
+    layer: str
+    unit: int
+    rank: int
+    image: int
+    y: int
+    x: int
 
 
 @dataclass
 class OccludeResult:
     units_done: dict[str, int] = field(default_factory=dict)
+    maps_done: dict[str, int] = field(default_factory=dict)
     skipped_layers: list[str] = field(default_factory=list)
-    stats: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+    stats: OcclusionStats = field(default_factory=OcclusionStats)
 
 
 def layer_geometry(ctx: NetworkContext, layer: str) -> LayerGeometry:
@@ -127,13 +114,58 @@ def layer_geometry(ctx: NetworkContext, layer: str) -> LayerGeometry:
                          start=tuple(attrs["rf_theory_start"]), kind=attrs["kind"])
 
 
+def selected_units(ctx: NetworkContext, layer: str, units: slice | None) -> np.ndarray:
+    """The units of ``layer`` that ``--units`` selects (all without it); a clear error if none."""
+    n_units = ctx.n_units(layer)
+    chosen = np.arange(n_units)[units] if units is not None else np.arange(n_units)
+    if units is not None and (units.start >= n_units or not len(chosen)):
+        raise RfstoreError(f"--units {units.start}:{units.stop}: layer {layer} has units 0..{n_units - 1}")
+    return chosen
+
+
+def prepare_layer(ctx: NetworkContext, layer: str, config: OccludeConfig, force: bool) -> StageProgress | None:
+    """Begin ``layer``'s bookkeeping (and its arrays when fresh); None when it is already complete."""
+    height, width = ctx.input_size
+    oy, ox = config.occluder.grid((height, width))
+    n_units, k = ctx.n_units(layer), int(ctx.layer_attrs(layer)["topk_k"])
+    upstream = upstream_token(ctx.store, ctx.network, "topk", layer, needed_by="occlude")
+    tracker = StageProgress(ctx.store, ctx.network, "occlude", layer)
+    fp = fingerprint("occlude", STAGE_VERSION, config.params(), [upstream])
+    plan = tracker.begin(config.params(), fp, n_units, force, sub_blocks=k)
+    if plan is Plan.SKIP:
+        return None
+    if plan is Plan.FRESH:
+        group = layer_group(ctx.network, layer)
+        write_coordinate(ctx.store, group, "oy", oy)
+        write_coordinate(ctx.store, group, "ox", ox)
+        ctx.store.create_array(f"{group}/discrepancy", discrepancy_spec(n_units, k, len(oy), len(ox)))
+        ctx.store.update_attrs(group, {"occluder_size": config.size, "occluder_stride": config.stride,
+                                       "occluder_fill": config.fill, "occluder_seed": config.seed})
+    return tracker
+
+
+def layer_work(ctx: NetworkContext, layer: str, tracker: StageProgress, units: np.ndarray) -> list[Work]:
+    """The maps of ``units`` not done yet; ranks without an image are flagged done (their maps stay NaN)."""
+    group = layer_group(ctx.network, layer)
+    images, ys, xs = (ctx.store.read(f"{group}/topk_{name}") for name in ("image", "y", "x"))
+    k = images.shape[1]
+    done = tracker.done_parts().reshape(-1, k)
+    empty = [int(u) * k + r for u in units for r in range(k) if images[u, r] < 0 and not done[u, r]]
+    if empty:
+        tracker.mark_done(empty)
+    linear = ctx.layer_attrs(layer)["kind"] == "linear"
+    return [Work(layer, int(u), r, int(images[u, r]), 0 if linear else int(ys[u, r]), 0 if linear else int(xs[u, r]))
+            for u in units for r in range(k) if images[u, r] >= 0 and not done[u, r]]
+
+
 def run_occlude(ctx: NetworkContext, config: OccludeConfig, force: bool = False,
                 progress: Callable[[int], Callable[[int], None]] | None = None,
                 client: Any = None) -> OccludeResult:
     """Compute the discrepancy maps of the selected units (see module docstring).
 
-    With a ``distributed.Client`` each group of units runs as a task on its
-    cluster (a Zarr store only); this process keeps the bookkeeping.
+    ``progress(total_images)`` returns a ticker called with the images finished.  With a
+    ``distributed.Client`` blocks of images run as tasks on its cluster (a Zarr store
+    only); this process keeps the bookkeeping.
     """
     if client is not None:
         from rfstore.stages.cluster import require_zarr
@@ -141,138 +173,172 @@ def run_occlude(ctx: NetworkContext, config: OccludeConfig, force: bool = False,
         require_zarr(ctx.store.path)
     layers = ctx.check_layers(list(config.layers))
     height, width = ctx.input_size
-    oy, ox = occluder_positions(height, config.size, config.stride), occluder_positions(width, config.size, config.stride)
-    if not len(oy) or not len(ox):
-        raise RfstoreError(f"an occluder of {config.size} px does not fit in the {height}x{width} input")
+    try:
+        config.occluder.grid((height, width))
+    except OccluderError:
+        raise RfstoreError(f"an occluder of {config.size} px does not fit in the {height}x{width} input") from None
     result = OccludeResult()
-    work: list[tuple[str, int]] = []
     trackers: dict[str, StageProgress] = {}
+    work: list[Work] = []
     for layer in layers:
-        n_units = ctx.n_units(layer)
-        units = np.arange(n_units)[config.units] if config.units is not None else np.arange(n_units)
-        if config.units is not None and (config.units.start >= n_units or not len(units)):
-            raise RfstoreError(f"--units {config.units.start}:{config.units.stop}: layer {layer} has units 0..{n_units - 1}")
-        upstream = upstream_token(ctx.store, ctx.network, "topk", layer, needed_by="occlude")
-        tracker = StageProgress(ctx.store, ctx.network, "occlude", layer)
-        fp = fingerprint("occlude", STAGE_VERSION, config.params(), [upstream])
-        plan = tracker.begin(config.params(), fp, n_units, force)
-        if plan is Plan.SKIP:
+        units = selected_units(ctx, layer, config.units)
+        layer_geometry(ctx, layer)  # fail early, before any work, for a layer without RF
+        tracker = prepare_layer(ctx, layer, config, force)
+        if tracker is None:
             result.skipped_layers.append(layer)
             continue
-        group = layer_group(ctx.network, layer)
-        k = int(ctx.layer_attrs(layer)["topk_k"])
-        if plan is Plan.FRESH:
-            write_coordinate(ctx.store, group, "oy", oy)
-            write_coordinate(ctx.store, group, "ox", ox)
-            ctx.store.create_array(f"{group}/discrepancy", discrepancy_spec(n_units, k, len(oy), len(ox)))
-            ctx.store.update_attrs(group, {"occluder_size": config.size, "occluder_stride": config.stride,
-                                           "occluder_fill": config.fill, "occluder_seed": config.seed})
-        done = tracker.done_mask()
-        work += [(layer, int(u)) for u in units if not done[u]]
         trackers[layer] = tracker
-        layer_geometry(ctx, layer)  # fail early, before any work, for a layer without RF
-    if work and client is not None:
-        from rfstore.stages.distributed import occlude_on_cluster
-
-        occlude_on_cluster(client, ctx, config, work, trackers, progress, result)
-    elif work:
-        _compute(ctx, config, work, trackers, progress, result)
+        before = tracker.done_mask()
+        work += layer_work(ctx, layer, tracker, units)
+        result.units_done[layer] = int((tracker.done_mask() & ~before).sum())
+    if work:
+        by_image = group_by_image(work)
+        tick = progress(len(by_image)) if progress else None
+        if client is not None:
+            _on_cluster(client, ctx, config, by_image, trackers, tick, result)
+        else:
+            _compute(ctx, config, by_image, trackers, tick, result)
     for layer, tracker in trackers.items():
         if tracker.done_mask().all():
             tracker.complete()
     return result
 
 
-def _compute(ctx: NetworkContext, config: OccludeConfig, work: list[tuple[str, int]],
-             trackers: dict[str, StageProgress], progress: Callable | None, result: OccludeResult) -> None:
-    runner = GroupRunner(ctx, config, sorted({layer for layer, _ in work}, key=ctx.layers.index))
-    tick = progress(len(work)) if progress else None
-    for start in range(0, len(work), config.units_per_group):
-        group = work[start:start + config.units_per_group]
-        maps, stats = runner.maps(group)
-        write_unit_maps(ctx, maps)
-        record_group(trackers, group, stats, result)
-        if tick:
-            tick(len(group))
+def group_by_image(work: list[Work]) -> dict[int, list[Work]]:
+    """Work grouped by image, images in increasing order."""
+    by_image: dict[int, list[Work]] = {}
+    for item in work:
+        by_image.setdefault(item.image, []).append(item)
+    return dict(sorted(by_image.items()))
 
 
-def record_group(trackers: dict[str, StageProgress], group: list[tuple[str, int]], stats: dict[str, float],
-                 result: OccludeResult) -> None:
-    """Flag a written group's units done and add its counters to ``result``."""
-    for layer in sorted({layer for layer, _ in group}):
-        units = [unit for g_layer, unit in group if g_layer == layer]
-        trackers[layer].mark_done(units)
-        result.units_done[layer] = result.units_done.get(layer, 0) + len(units)
-    for key, value in stats.items():
-        result.stats[key] = result.stats.get(key, 0) + value
-
-
-class GroupRunner:
-    """The network and the top-K of some layers, ready to compute groups of units.
+class MapMaker:
+    """The network, its occlusion engine and the dataset of a store, ready to compute images' maps.
 
     Parameters
     ----------
     ctx : NetworkContext
-        The open store's network.
     config : OccludeConfig
-        Occluder and batching parameters.
     layers : list of str
-        The layers whose units the groups will hold.
+        Layers whose units the work holds.
     """
 
     def __init__(self, ctx: NetworkContext, config: OccludeConfig, layers: list[str]) -> None:
+        from rfstore.models import FeatureExtractor
+
         self.ctx, self.config = ctx, config
-        self.device = resolve_device(config.device)
-        model = ctx.load_model().module.to(self.device, config.torch_dtype)
-        self.extractor = FeatureExtractor(model, layers)
-        self.geometry = {layer: layer_geometry(ctx, layer) for layer in layers}
-        self.topk = {layer: {name: ctx.store.read(f"{layer_group(ctx.network, layer)}/topk_{name}")
-                             for name in ("image", "y", "x")} for layer in layers}
+        device = resolve_device(config.device)
+        model = ctx.load_model().module.to(device, config.torch_dtype)
+        geometry = {layer: layer_geometry(ctx, layer) for layer in layers}
+        self.engine = OcclusionEngine(FeatureExtractor(model, layers), geometry, config.occluder,
+                                      truncated=lambda layer: FeatureExtractor(model, [layer]), device=device,
+                                      dtype=config.torch_dtype, batch_size=config.batch_size)
         self.preprocessing = ctx.preprocessing
-        height, width = ctx.input_size
-        self.map_shape = (len(occluder_positions(height, config.size, config.stride)),
-                          len(occluder_positions(width, config.size, config.stride)))
 
-    def maps(self, group: list[tuple[str, int]]) -> tuple[dict[tuple[str, int], np.ndarray], dict[str, float]]:
-        """``(K, n_oy, n_ox)`` float32 maps of each (layer, unit) of ``group`` (NaN for missing ranks), and counters."""
-        ctx, config, topk, geometry = self.ctx, self.config, self.topk, self.geometry
-        image_ids = sorted({int(i) for layer, unit in group for i in topk[layer]["image"][unit] if i >= 0})
-        local = {image: n for n, image in enumerate(image_ids)}
-        targets, owners = [], []
-        for layer, unit in group:
-            for rank, image in enumerate(topk[layer]["image"][unit]):
-                if image < 0:
-                    continue
-                kind = geometry[layer].kind
-                y = int(topk[layer]["y"][unit, rank]) if kind == "conv" else 0
-                x = int(topk[layer]["x"][unit, rank]) if kind == "conv" else 0
-                targets.append(OcclusionTarget(local[int(image)], layer, unit, y, x))
-                owners.append((layer, unit, rank))
-        images = load_images(ctx, image_ids)
-        maps = np.zeros((0,))
-        totals: dict[str, float] = {}
-        if targets:
-            fill = torch.stack([occluder_fill(config, images[n], i, self.preprocessing)
-                                for n, i in enumerate(image_ids)])
-            with exact_float32():
-                maps, stats = discrepancy_maps(self.extractor, images, fill, targets, geometry, size=config.size,
-                                               stride=config.stride, batch_size=config.batch_size,
-                                               device=self.device, dtype=config.torch_dtype)
-            for key, value in dataclasses.asdict(stats).items():
-                if key not in ("image_pixels", "n_positions", "min_crop_extent"):
-                    totals[key] = totals.get(key, 0) + value
-        out: dict[tuple[str, int], np.ndarray] = {}
-        for layer, unit in group:
-            k = int(ctx.layer_attrs(layer)["topk_k"])
-            unit_maps = np.full((k, *self.map_shape), np.nan, dtype=np.float32)
-            for t, (o_layer, o_unit, rank) in enumerate(owners):
-                if (o_layer, o_unit) == (layer, unit):
-                    unit_maps[rank] = maps[t]
-            out[layer, unit] = unit_maps
-        return out, totals
+    def maps(self, image: int, items: list[Work]) -> tuple[np.ndarray, OcclusionStats]:
+        """``(len(items), n_oy, n_ox)`` float32 maps of the items of one image, and the engine's counters."""
+        pixels = load_images(self.ctx, [image])[0]
+        fill = self.config.occluder.content(pixels, image, self.preprocessing.from_pixels)
+        targets = [OcclusionTarget(0, w.layer, w.unit, w.y, w.x) for w in items]
+        with exact_float32():
+            maps, stats, _ = self.engine.image_maps(pixels, fill, targets)
+        return maps, stats
 
 
-def write_unit_maps(ctx: NetworkContext, maps: dict[tuple[str, int], np.ndarray]) -> None:
-    """Write each unit's ``(K, n_oy, n_ox)`` maps: one whole chunk of ``discrepancy`` per unit."""
-    for (layer, unit), unit_maps in maps.items():
-        ctx.store.write(f"{layer_group(ctx.network, layer)}/discrepancy", unit, unit_maps)
+def write_maps(ctx: NetworkContext, items: list[Work], maps: np.ndarray) -> None:
+    """Write each item's map: one whole chunk of ``discrepancy`` per (unit, rank)."""
+    for item, map_ in zip(items, maps):
+        ctx.store.write(f"{layer_group(ctx.network, item.layer)}/discrepancy", (item.unit, item.rank), map_)
+
+
+def mark_maps_done(trackers: dict[str, StageProgress], items: list[Work], k: dict[str, int],
+                   result: OccludeResult) -> None:
+    """Flag written maps done (per layer) and count the units they complete."""
+    by_layer: dict[str, list[int]] = {}
+    for item in items:
+        by_layer.setdefault(item.layer, []).append(item.unit * k[item.layer] + item.rank)
+    for layer, parts in by_layer.items():
+        before = trackers[layer].done_mask()
+        trackers[layer].mark_done(parts)
+        result.units_done[layer] = result.units_done.get(layer, 0) + int((trackers[layer].done_mask() & ~before).sum())
+        result.maps_done[layer] = result.maps_done.get(layer, 0) + len(parts)
+
+
+def _checkpoints(by_image: dict[int, list[Work]],
+                 compute: Callable[[int, list[Work]], None]) -> Iterator[tuple[list[Work], int]]:
+    """Run ``compute`` image by image; yield (finished items, images) every :data:`CHECKPOINT_SECONDS`."""
+    pending: list[Work] = []
+    images, last = 0, time.monotonic()
+    for image, items in by_image.items():
+        compute(image, items)
+        pending += items
+        images += 1
+        if time.monotonic() - last >= CHECKPOINT_SECONDS:
+            yield pending, images
+            pending, images, last = [], 0, time.monotonic()
+    if pending:
+        yield pending, images
+
+
+def _compute(ctx: NetworkContext, config: OccludeConfig, by_image: dict[int, list[Work]],
+             trackers: dict[str, StageProgress], tick: Callable[[int], None] | None, result: OccludeResult) -> None:
+    maker = MapMaker(ctx, config, sorted({w.layer for ws in by_image.values() for w in ws}, key=ctx.layers.index))
+    k = {layer: int(ctx.layer_attrs(layer)["topk_k"]) for layer in trackers}
+
+    def compute(image: int, items: list[Work]) -> None:
+        maps, stats = maker.maps(image, items)
+        write_maps(ctx, items, maps)
+        result.stats.add(stats)
+
+    for items, images in _checkpoints(by_image, compute):
+        mark_maps_done(trackers, items, k, result)
+        result.images += images
+        if tick:
+            tick(images)
+
+
+# -- on a Dask cluster -------------------------------------------------------------------
+def occlude_task(store_path: str, network: str, config: OccludeConfig, layers: list[str],
+                 block: list[tuple[int, list[Work]]], generations: dict[str, str]) -> tuple[list[Work], OcclusionStats]:
+    """Worker: the maps of one block of images, written; returns the items and the counters."""
+    from rfstore.stages.distributed import WorkerContext, check_generation
+    from rfstore.store import open_store_for_worker
+
+    with open_store_for_worker(store_path) as store:
+        ctx = WorkerContext(store, network)
+        maker = MapMaker(ctx, config, layers)
+        stats = OcclusionStats()
+        results = []
+        for image, items in block:
+            maps, image_stats = maker.maps(image, items)
+            results.append((items, maps))
+            stats.add(image_stats)
+        for layer in sorted({w.layer for _, items in block for w in items}):
+            check_generation(store, network, "occlude", layer, generations[layer])
+        for items, maps in results:
+            write_maps(ctx, items, maps)
+    return [w for _, items in block for w in items], stats
+
+
+def _on_cluster(client: Any, ctx: NetworkContext, config: OccludeConfig, by_image: dict[int, list[Work]],
+                trackers: dict[str, StageProgress], tick: Callable[[int], None] | None, result: OccludeResult) -> None:
+    """Client: one task per block of ``images_per_task`` images; flag maps done as tasks return."""
+    from rfstore.stages.cluster import Task, completed
+    from rfstore.stages.distributed import stage_generation, store_location
+
+    layers = sorted({w.layer for ws in by_image.values() for w in ws}, key=ctx.layers.index)
+    generations = {layer: stage_generation(trackers[layer]) for layer in trackers}
+    k = {layer: int(ctx.layer_attrs(layer)["topk_k"]) for layer in trackers}
+    images = list(by_image.items())
+    size = max(1, config.images_per_task)
+    blocks = [images[i: i + size] for i in range(0, len(images), size)]
+    path = store_location(ctx.store)
+    tasks = [Task(f"occlude-images-{block[0][0]}", occlude_task, (path, ctx.network, config, layers, block, generations))
+             for block in blocks]
+    for items, stats in completed(client, tasks):
+        mark_maps_done(trackers, items, k, result)
+        result.stats.add(stats)
+        n = len({w.image for w in items})
+        result.images += n
+        if tick:
+            tick(n)

@@ -10,7 +10,10 @@ Each stage (per layer where it works per layer) records in
 - ``done``: a uint8 flag per work block (image block, unit), set only after the
   block's data is written and flushed, so a killed run redoes at most the blocks
   in flight. (Zarr omits chunks that hold only the fill value, so the presence
-  of data is never taken as a sign of completion.)
+  of data is never taken as a sign of completion.) A stage whose blocks are made
+  of parts finished at different times (``occlude``: a unit's K top images) keeps
+  one flag per part (``sub_blocks`` parts per block, attr ``sub_blocks``); a block
+  is done when all its parts are.
 
 Checks run cheapest first: a complete stage with the same fingerprint returns
 at once without touching its data.
@@ -105,8 +108,8 @@ class StageProgress:
         return rec is not None and rec.state == "complete" and (
             expected_fingerprint is None or rec.fingerprint == expected_fingerprint)
 
-    def begin(self, params: dict[str, Any], fp: str, n_blocks: int, force: bool = False) -> Plan:
-        """Decide what to do and prepare the bookkeeping for it.
+    def begin(self, params: dict[str, Any], fp: str, n_blocks: int, force: bool = False, sub_blocks: int = 1) -> Plan:
+        """Decide what to do and prepare the bookkeeping for it (``sub_blocks`` flags per block).
 
         Raises
         ------
@@ -121,7 +124,7 @@ class StageProgress:
                     return Plan.SKIP
                 # resume only once a block is done: a stage killed before that may not
                 # have created all its arrays yet, so it starts afresh
-                if self._done_length() == n_blocks and self.done_mask().any():
+                if self._done_length() == n_blocks * sub_blocks and self.done_parts().any():
                     return Plan.RESUME
             else:
                 raise StageMismatchError(self._mismatch_message(rec.params, params))
@@ -129,9 +132,10 @@ class StageProgress:
             invalidate_downstream(self.store, self.network, self.stage, self.layer)
         self.store.delete(self.group)
         self.store.require_group(self.group)
-        self.store.create_array(f"{self.group}/done", ArraySpec((n_blocks,), "uint8", ("block",), (max(n_blocks, 1),), 0))
+        size = n_blocks * sub_blocks
+        self.store.create_array(f"{self.group}/done", ArraySpec((size,), "uint8", ("block",), (max(size, 1),), 0))
         self.store.update_attrs(self.group, {"fingerprint": fp, "params": params, "state": "running",
-                                             "generation": uuid.uuid4().hex,
+                                             "generation": uuid.uuid4().hex, "sub_blocks": sub_blocks,
                                              "rfstore_version": __version__})
         self.store.flush()
         return Plan.FRESH
@@ -147,12 +151,18 @@ class StageProgress:
         path = f"{self.group}/done"
         return self.store.array_spec(path).shape[0] if self.store.is_array(path) else -1
 
-    def done_mask(self) -> np.ndarray:
-        """``(n_blocks,)`` bool: which blocks are done."""
+    def done_parts(self) -> np.ndarray:
+        """``(n_blocks * sub_blocks,)`` bool: which parts are done (blocks, for a stage without parts)."""
         return self.store.read(f"{self.group}/done").astype(bool)
 
+    def done_mask(self) -> np.ndarray:
+        """``(n_blocks,)`` bool: which blocks are done (all their parts)."""
+        parts = self.done_parts()
+        sub = int(self.store.attrs(self.group).get("sub_blocks", 1))
+        return parts.reshape(-1, sub).all(axis=1) if sub > 1 else parts
+
     def mark_done(self, blocks: np.ndarray | list[int] | int) -> None:
-        """Flag blocks done; call only after their data is written."""
+        """Flag blocks (or, with sub-blocks, parts ``block * sub_blocks + part``) done; only after their data is written."""
         self.store.flush()
         index = np.atleast_1d(np.asarray(blocks, dtype=np.int64))
         done = self.store.read(f"{self.group}/done")

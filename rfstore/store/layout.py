@@ -119,8 +119,8 @@ def topk_specs(n_units: int, k: int) -> dict[str, ArraySpec]:
 
 
 def discrepancy_spec(n_units: int, k: int, n_oy: int, n_ox: int) -> ArraySpec:
-    """One chunk per unit: the occlude stage completes and checkpoints whole units."""
-    return ArraySpec((n_units, k, n_oy, n_ox), "float32", ("unit", "rank", "oy", "ox"), (1, k, n_oy, n_ox), NAN)
+    """One chunk per (unit, rank): the occlude stage computes image by image and writes each map whole."""
+    return ArraySpec((n_units, k, n_oy, n_ox), "float32", ("unit", "rank", "oy", "ox"), (1, 1, n_oy, n_ox), NAN)
 
 
 def rf_specs(n_units: int, window: tuple[int, int]) -> dict[str, ArraySpec]:
