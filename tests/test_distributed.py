@@ -39,7 +39,7 @@ LAYERS = "features.4,features.9"
 BLOCK = 5
 ACTS = ActivationsConfig(batch_size=2, num_workers=0, device="cpu", maps=("features.4",))
 TOPK = TopKConfig(k=3)
-OCCLUDE = OccludeConfig(size=9, stride=6, fill="noise", units=slice(0, 4), units_per_group=3, device="cpu")
+OCCLUDE = OccludeConfig(size=9, stride=6, fill="noise", units=slice(0, 4), images_per_task=3, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_cluster_run_gives_the_bits_of_one_process(client, reference: Path, imag
     with open_store(path, "r") as store:
         spec = store.array_spec("net/features.4/act_map")
         assert BLOCK % spec.chunks[0] == 0  # no act_map chunk straddles two tasks' blocks
-        assert store.read("net/_rfstore/occlude/features.9/done")[:4].tolist() == [1] * 4
+        assert store.read("net/_rfstore/occlude/features.9/done")[:4 * TOPK.k].tolist() == [1] * 4 * TOPK.k
         assert store.read("net/_rfstore/activations/done").tolist() == [1, 1, 1]
 
 

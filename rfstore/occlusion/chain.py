@@ -57,19 +57,23 @@ class Chain:
     call_macs : tuple of int
         Multiply-adds of each call of ``calls`` per input sample (convolutions and linear
         layers; 0 for the rest).
-    sample_bytes : int
-        Bytes of every leaf output of the traced pass, per input sample.
+    call_bytes : tuple of int
+        Bytes of each call's output per input sample.
     """
 
     modules: tuple[nn.Module, ...]
     layers: dict[str, int]
     calls: tuple[nn.Module, ...] = ()
     call_macs: tuple[int, ...] = ()
-    sample_bytes: int = 0
+    call_bytes: tuple[int, ...] = ()
 
     def macs(self, start: int = 0, stop: int | None = None) -> int:
         """Multiply-adds per sample of the calls ``start .. stop - 1``."""
         return int(sum(self.call_macs[start:stop]))
+
+    def sample_bytes(self, start: int = 0) -> int:
+        """Bytes of the outputs of the calls from ``start`` on, per sample."""
+        return int(sum(self.call_bytes[start:]))
 
     def called_after(self, index: int) -> bool:
         """Whether a module of ``modules[: index + 1]`` is called again later in the pass."""
@@ -328,9 +332,9 @@ def trace_chain(forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], x
         if hits and all(type(modules[j]) in _IDENTITY for j in range(hits[0] + 1, hits[-1] + 1)):
             found[name] = hits[-1]
     batch = max(1, x.shape[0])
-    per_sample = sum(r[4].numel() * r[4].element_size() for r in recs if r[4] is not None) // batch
+    sizes = tuple(0 if r[4] is None else r[4].numel() * r[4].element_size() // batch for r in recs)
     macs = tuple(_call_macs(r[0], r[4]) // batch for r in recs)
-    return Chain(tuple(modules), found, tuple(r[0] for r in recs), macs, per_sample), outputs
+    return Chain(tuple(modules), found, tuple(r[0] for r in recs), macs, sizes), outputs
 
 
 def _call_macs(module: nn.Module, out: torch.Tensor | None) -> int:

@@ -68,7 +68,7 @@ class OcclusionEngine:
         self.prefix: Prefix | None = None
         self.tail: Tail | None = None
         self.tail_step: int | None = None
-        self.rows = 2
+        self.rows = self.crop_rows = 2
         self._extents: dict[str, int] = {}
         self._truncated: dict[str, Forward] = {}
 
@@ -87,7 +87,8 @@ class OcclusionEngine:
             self.tail = find_tail(self.forward, prefix.chain, prefix.ends, clean, beyond, outputs,
                                   int(image.shape[0]), self.rtol)
             self.tail_step = None if self.tail is None else prefix.ends.index(self.tail.index)
-        self.rows = tail_rows(prefix.chain, self.device)
+        self.rows = tail_rows(prefix.chain, 0 if self.tail is None else self.tail.index + 1, self.device)
+        self.crop_rows = min(64, tail_rows(prefix.chain, 0, self.device))
         self.prefix = prefix
         return prefix
 
@@ -224,7 +225,7 @@ class OcclusionEngine:
         full_out = self.forward(torch.stack([image, image]))
         stats.reference_inputs += 1
         failed: set[int] = set()
-        rows = min(64, self.rows)
+        rows = self.crop_rows
         for (layer, crop), members in groups.items():
             jump = self.geometry[layer].jump
             reads = [(layer, targets[i].unit, targets[i].y - crop[0] // jump[0], targets[i].x - crop[2] // jump[1])

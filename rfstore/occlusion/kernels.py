@@ -47,10 +47,12 @@ def to_device(index: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def _window_op(step: Step, taps: torch.Tensor) -> torch.Tensor:
-    """``taps`` (R, T, C_in) -> cells (R, C_out) before the pointwise modules."""
+def _window_op(step: Step, taps: torch.Tensor, dest: torch.Tensor | None = None) -> torch.Tensor:
+    """``taps`` (R, T, C_in) -> cells (R, C_out) before the pointwise modules (into ``dest`` when given)."""
     rows, count, channels = taps.shape
     if step.kind == "conv" and step.matrix is not None:
+        if dest is not None and step.matrix.shape[1] == step.channels:
+            return torch.addmm(step.bias, taps.view(rows, count * channels), step.matrix, out=dest)
         out = torch.addmm(step.bias, taps.view(rows, count * channels), step.matrix)
         return out[:, : step.channels]
     if step.kind == "conv":
@@ -69,13 +71,14 @@ def _window_op(step: Step, taps: torch.Tensor) -> torch.Tensor:
 
 
 def _pointwise(step: Step, cells: torch.Tensor) -> torch.Tensor:
-    """The step's pointwise modules on ``cells`` (R, C), as a ``(R, C, 1, 1)`` batch."""
+    """The step's pointwise modules on ``cells`` (R, C), as a ``(R, C, 1, 1)`` batch (in place where they are)."""
     if not step.post:
         return cells
-    y = cells.reshape(cells.shape[0], cells.shape[1], 1, 1)
+    y = cells.view(cells.shape[0], cells.shape[1], 1, 1) if cells.is_contiguous() else \
+        cells.reshape(cells.shape[0], cells.shape[1], 1, 1)
     for module in step.post:
         y = module(y)
-    return y.reshape(cells.shape[0], -1)
+    return y.view(cells.shape[0], -1)
 
 
 def compute_cells(step: Step, source: torch.Tensor, index: torch.Tensor, out: torch.Tensor,
@@ -105,13 +108,18 @@ def compute_cells(step: Step, source: torch.Tensor, index: torch.Tensor, out: to
     if gather is None or gather.shape[0] < need or gather.shape[1] != source.shape[1] or gather.dtype != source.dtype:
         gather = source.new_empty((need, source.shape[1]))
     buffer = gather[:need]
-    pad = index.new_zeros((rows, count))
     for start in range(0, m, rows):
         stop = min(m, start + rows)
         chunk = index[start:stop]
         if stop - start < rows:
-            chunk = torch.cat([chunk, pad[: rows - (stop - start)]])
+            chunk = torch.cat([chunk, chunk.new_zeros((rows - (stop - start), count))])
         torch.index_select(source, 0, chunk.reshape(-1), out=buffer)
-        cells = _pointwise(step, _window_op(step, buffer.view(rows, count, -1)))
-        out[start:stop] = cells[: stop - start]
+        taps = buffer.view(rows, count, -1)
+        if stop - start == rows:  # straight into the destination (same call shapes, same bits)
+            cells = _window_op(step, taps, out[start:stop])
+            cells = _pointwise(step, cells)
+            if cells.data_ptr() != out[start:stop].data_ptr():
+                out[start:stop] = cells
+        else:
+            out[start:stop] = _pointwise(step, _window_op(step, taps))[: stop - start]
     return gather

@@ -31,11 +31,12 @@ TAIL_BYTES = 1 << 29
 """Memory allowed to one tail call's activations (bytes)."""
 
 
-def tail_rows(chain: Chain, device: torch.device) -> int:
-    """Rows per tail call: a power of two from 2 to 256 (1024 on a GPU) fitting :data:`TAIL_BYTES`."""
-    cap = 1024 if device.type == "cuda" else 256
+def tail_rows(chain: Chain, start: int, device: torch.device) -> int:
+    """Rows per call of the network from call ``start`` on: a power of two from 2 to 512 (1024 on a GPU)
+    whose outputs fit :data:`TAIL_BYTES` (a function of the network and the device only)."""
+    cap = 1024 if device.type == "cuda" else 512
     rows = 2
-    while rows * 2 <= cap and rows * 2 * max(chain.sample_bytes, 1) <= TAIL_BYTES:
+    while rows * 2 <= cap and rows * 2 * max(chain.sample_bytes(start), 1) <= TAIL_BYTES:
         rows *= 2
     return rows
 
