@@ -192,7 +192,7 @@ def _pixel_overlap(flat_masks: torch.Tensor, pixels: np.ndarray, n_labels: int) 
     Counted as ``masks (U, S) @ one-hot (S, P)`` per layer in float32, which is exact for
     counts below 2**24 (and TF32 must be off: :func:`rfstore.stages.devices.exact_float32`).
     """
-    layers = pixels.reshape(pixels.shape[0], -1)
+    layers = pixels.reshape(pixels.shape[0], flat_masks.shape[1])
     _check_labels(layers, n_labels)
     present = np.unique(layers[layers != 0])
     overlap = torch.zeros((flat_masks.shape[0], present.size), dtype=torch.float32, device=flat_masks.device)

@@ -36,12 +36,14 @@ import numpy as np
 from PIL import Image
 
 from rfstore.core.netdissect import Annotation
+from rfstore.datasets.image_folder import ImageFolderIndex, SkippedFile
 from rfstore.datasets.paths import UnsafeImagePathError, check_relative_path
 from rfstore.errors import RfstoreError
 
 INDEX_FILE, LABEL_FILE, CATEGORY_FILE = "index.csv", "label.csv", "category.csv"
 IMAGES_DIR = "images"
 INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
+MISSING_IMAGE = "listed in index.csv but missing"
 
 
 class BrodenError(RfstoreError):
@@ -117,15 +119,36 @@ class BrodenDataset:
         return [i for i, name in enumerate(self.categories) if not names or name in names]
 
     def primary_categories(self, chosen: Sequence[int] | None = None) -> np.ndarray:
-        """``(L,)`` int64: each label's category index among ``chosen`` (default all); -1 if none lists it."""
+        """``(L,)`` int64: each label's category as a position in ``chosen`` (category indices, default
+        all of them); -1 where no chosen category lists the label."""
         chosen = list(range(len(self.categories))) if chosen is None else list(chosen)
         primary = np.full(self.n_labels, -1, dtype=np.int64)
         best = np.full(self.n_labels, -np.inf)
-        for c in chosen:  # later categories win ties, as max((coverage, index)) does in NetDissect-Lite
+        for position, c in enumerate(chosen):  # later categories win ties, as max((coverage, index)) does
             listed = ~np.isnan(self.coverage[c])
             better = listed & (self.coverage[c] >= best)
-            primary[better], best[better] = c, self.coverage[c][better]
+            primary[better], best[better] = position, self.coverage[c][better]
         return primary
+
+    def image_index(self, split: str | None = None) -> ImageFolderIndex:
+        """The images of ``split`` (every image when None) as ``init`` records them: paths
+        ``images/<image>`` relative to the folder in ``index.csv`` order, no classes; images the
+        folder lacks are left out and listed as skipped."""
+        if split is not None and split not in self.splits():
+            raise BrodenError(f"no split {split!r} in {self.root / INDEX_FILE} (it has {', '.join(self.splits())})")
+        paths, skipped = [], []
+        for row in self.rows:
+            if split is None or row.split == split:
+                path = f"{IMAGES_DIR}/{row.image}"
+                if (self.root / path).is_file():
+                    paths.append(path)
+                else:
+                    skipped.append(SkippedFile(path, MISSING_IMAGE))
+        return ImageFolderIndex(self.root, tuple(paths), np.full(len(paths), -1), (), tuple(skipped))
+
+    def rows_by_path(self) -> dict[str, BrodenRow]:
+        """Each row by the image path ``init`` records (``images/<image>``)."""
+        return {f"{IMAGES_DIR}/{row.image}": row for row in self.rows}
 
     def annotation(self, row: BrodenRow, chosen: Sequence[int]) -> Annotation:
         """One image's labels in the chosen categories: PNG layers and image-level labels."""
