@@ -34,13 +34,13 @@ def _preprocessing(preprocess: str | None, resize: int | None, crop: int | None,
 
 def init_config(model: str, data: Path, weights: str | None, seed: int, trust_pickle: bool, name: str | None,
                 preprocess: str | None, resize: int | None, crop: int | None, mean: str | None, std: str | None,
-                layers: str | None):
+                layers: str | None, split: str | None = None):
     from rfstore.models import ModelSpec
     from rfstore.stages.init import InitConfig
 
     return InitConfig(
         model=ModelSpec(model, weights, seed, trust_pickle), data=data, name=name,
-        preprocessing=_preprocessing(preprocess, resize, crop, mean, std), layers=layers,
+        preprocessing=_preprocessing(preprocess, resize, crop, mean, std), layers=layers, split=split,
     )
 
 
@@ -109,12 +109,14 @@ def init(
     mean: opt.Mean = None,
     std: opt.Std = None,
     layers: opt.Layers = None,
+    split: Annotated[str | None, typer.Option(
+        help="With a Broden folder as --data: record only the images of this split (default: all).")] = None,
     force: opt.Force = False,
     wait: opt.Wait = False,
 ) -> None:
-    """Record the network, its preprocessing, the image folder and the layers of interest."""
+    """Record the network, its preprocessing, the image folder (or Broden folder) and the layers of interest."""
     do_init(store, init_config(model, data, weights, seed, trust_pickle, name, preprocess,
-                               resize, crop, mean, std, layers), force)
+                               resize, crop, mean, std, layers, split), force)
 
 
 def activations_config(batch_size: int, device: str, workers: int | None, maps: str | None,
