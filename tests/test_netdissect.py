@@ -304,6 +304,10 @@ def test_xarray_opens_every_group_without_a_warning(dissected: Path) -> None:
             assert ds["concept_label"].sel(concept=REDDISH).values == "reddish"
         with xr.open_zarr(dissected, group=f"{NETWORK}/features.7") as ds:
             assert "act_map" in ds and "topk_image" not in ds
+        import rfstore
+
+        with rfstore.open(dissected)[NETWORK].netdissect("features.7") as ds:  # the notebook API's view
+            assert ds["score"].dims == ("unit",)
     from rfstore.stages.topk import TopKConfig, run_topk
 
     with open_store(dissected, "a") as store:  # a later stage adds arrays: xarray sees them, still quietly
