@@ -401,3 +401,25 @@ def test_cli_split_categories_and_errors(broden: Path, tmp_path: Path) -> None:
         run_init(store, InitConfig(model=ModelSpec(HALF_NET, None, 0), data=plain, layers="features.4"))
         with pytest.raises(NotBrodenError, match="needs a Broden dataset"):
             run_netdissect(NetworkContext.open(store), NetDissectConfig(device="cpu", num_workers=0))
+
+
+@pytest.mark.slow
+def test_cluster_gives_the_numbers_of_one_process(broden: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each block of both passes as a task of a local Dask cluster (two worker processes, ~1 min)."""
+    from rfstore.stages.cluster import ClusterSpec, session
+    from rfstore.store import layout
+
+    monkeypatch.setattr(layout, "IMAGE_BLOCK", 3)  # 10 images: 4 blocks, the last of one image
+    config = NetDissectConfig(batch_size=2, num_workers=0, device="cpu", checkpoint_seconds=0)
+    for name in ("one.zarr", "cluster.zarr"):
+        init_store(tmp_path / name, broden, ("features.7",))
+    with open_store(tmp_path / "one.zarr", "a") as store:
+        run_netdissect(NetworkContext.open(store), config)
+    with session(tmp_path / "cluster.zarr", ClusterSpec(local_workers=2)) as client:
+        with open_store(tmp_path / "cluster.zarr", "a") as store:
+            result = run_netdissect(NetworkContext.open(store), config, client=client)
+    assert result.quantile_plan is Plan.FRESH and result.images == 10
+    group = f"{NETWORK}/features.7/netdissect"
+    with open_store(tmp_path / "one.zarr", "r") as one, open_store(tmp_path / "cluster.zarr", "r") as cluster:
+        for name in one.children(group)[1]:
+            np.testing.assert_array_equal(cluster.read(f"{group}/{name}"), one.read(f"{group}/{name}"))
