@@ -60,7 +60,8 @@ class NetworkResults:
 
     def netdissect(self, layer: str) -> Any:
         """The ``xarray.Dataset`` of a layer's ``dissect --method netdissect`` results: ``iou`` (unit, concept),
-        ``category_label`` (unit, category), ``label``, ``score`` (unit), ... (see :func:`~rfstore.store.layout.netdissect_specs`)."""
+        ``category_label`` (unit, category), ``label``, ``score`` (unit), ...
+        (:func:`~rfstore.store.layout.netdissect_specs`)."""
         from rfstore.store.layout import netdissect_group
 
         if layer not in self.layers:

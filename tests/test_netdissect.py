@@ -381,7 +381,8 @@ def test_cli_split_categories_and_errors(broden: Path, tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     assert "over 3 images" in done.output  # the val images annotated in object or color (not the last)
     with open_store(path, "r") as store:
-        assert store.read(f"{NETWORK}/image_path").tolist() == [f"images/scenes/scene_{i:03d}.jpg" for i in range(6, 10)]
+        paths = [f"images/scenes/scene_{i:03d}.jpg" for i in range(6, 10)]
+        assert store.read(f"{NETWORK}/image_path").tolist() == paths
         attrs = store.attrs(f"{NETWORK}/features.11/netdissect")
         assert attrs["categories"] == ["object", "color"] and attrs["images"] == 3
         assert store.read(f"{NETWORK}/features.11/netdissect/category").tolist() == ["object", "color"]
@@ -404,7 +405,8 @@ def test_cli_split_categories_and_errors(broden: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cluster_gives_the_numbers_of_one_process(broden: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cluster_gives_the_numbers_of_one_process(broden: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Each block of both passes as a task of a local Dask cluster (two worker processes, ~1 min)."""
     from rfstore.stages.cluster import ClusterSpec, session
     from rfstore.store import layout

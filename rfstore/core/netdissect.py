@@ -29,8 +29,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -181,10 +179,6 @@ class Tally:
                 hit[:, self.label_category[label]] = True
         self.activation += area[:, None] * hit
 
-    def merge(self, other: Tally) -> None:
-        self.intersect += other.intersect
-        self.activation += other.activation
-
 
 def _pixel_overlap(flat_masks: torch.Tensor, pixels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """The labels present in ``pixels`` ``(layers, sh, sw)`` and ``(U, P)`` int64 mask pixels on each.
@@ -263,8 +257,3 @@ def best_labels(scores: np.ndarray, label_category: np.ndarray, n_categories: in
     label = category_label[np.arange(n_units), category] if n_categories else np.full(n_units, -1)
     category = np.where(label >= 0, category, -1)
     return Labels(category_label, category_iou, label.astype(np.int64), category.astype(np.int64), score)
-
-
-def tally_state(tally: Tally) -> dict[str, Any]:
-    """The counts of a :class:`Tally` as plain arrays (what a cluster task returns)."""
-    return {"intersect": tally.intersect, "activation": tally.activation}

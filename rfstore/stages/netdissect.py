@@ -39,6 +39,7 @@ from rfstore.core.quantile import TopQuantile
 from rfstore.datasets.broden import BrodenDataset, read_broden
 from rfstore.errors import MissingInputError, RfstoreError
 from rfstore.stages.context import NetworkContext
+from rfstore.stages.devices import resolve_device
 from rfstore.stages.netdissect_passes import Block, DissectionPlan, QuantileWork, TallyWork, run_blocks
 from rfstore.stages.netdissect_store import QuantileCheckpoint, TallyPartials, str_array
 from rfstore.stages.progress import Plan, StageProgress, fingerprint
@@ -111,8 +112,9 @@ def make_plan(ctx: NetworkContext, dataset: BrodenDataset, config: NetDissectCon
     chosen = dataset.category_indices(config.categories)
     layers = [layer for layer in ctx.check_layers(list(config.layers)) if ctx.layer_attrs(layer)["kind"] == "conv"]
     if config.layers and len(layers) != len(config.layers) or not layers:
+        convs = [name for name in ctx.layers if ctx.layer_attrs(name)["kind"] == "conv"]
         raise RfstoreError("dissect --method netdissect needs conv layers (a linear layer has no activation map); "
-                           f"conv layers here: {', '.join(l for l in ctx.layers if ctx.layer_attrs(l)['kind'] == 'conv')}")
+                           f"conv layers here: {', '.join(convs) or 'none'}")
     splits = ctx.store.read(f"{ctx.network}/image_split")
     if config.split is not None and config.split not in set(splits):
         raise RfstoreError(f"no image of split {config.split!r} in the store (it has {', '.join(sorted(set(splits)))})")
@@ -121,7 +123,9 @@ def make_plan(ctx: NetworkContext, dataset: BrodenDataset, config: NetDissectCon
     images = np.array([i for i, row in enumerate(rows) if (config.split is None or splits[i] == config.split)
                        and row.has_data(chosen)], dtype=np.int64)
     if not images.size:
-        raise RfstoreError(f"no image of the store is annotated in categories {', '.join(config.categories)}")
+        names = ", ".join(dataset.categories[c] for c in chosen)
+        raise RfstoreError(f"no image{' of split ' + config.split if config.split else ''} of the store is annotated "
+                           f"in the categories {names}")
     return DissectionPlan(dataset, chosen, dataset.primary_categories(chosen), images, tuple(rows[i] for i in images),
                           layers, {layer: ctx.n_units(layer) for layer in layers},
                           {layer: tuple(ctx.layer_attrs(layer)["output_shape"][1:3]) for layer in layers}, block)
@@ -204,7 +208,7 @@ def _tally_pass(ctx: NetworkContext, plan: DissectionPlan, config: NetDissectCon
     if state is Plan.FRESH:
         partials.create(plan.units, plan.dataset.n_labels, len(plan.chosen), plan.n_blocks, len(plan.images),
                         plan.block)
-    work = TallyWork(plan, thresholds, _device(config))
+    work = TallyWork(plan, thresholds, resolve_device(config.device))
     for block_id, result in _blocks(ctx, plan, config, work, np.flatnonzero(~tracker.done_mask()),
                                     progress and progress("netdissect 2/2: tally"), client, thresholds):
         _, start, stop = plan.blocks(np.array([block_id]))[0]
@@ -215,12 +219,6 @@ def _tally_pass(ctx: NetworkContext, plan: DissectionPlan, config: NetDissectCon
         tracker.mark_done(block_id)
     tracker.complete()
     return partials
-
-
-def _device(config: NetDissectConfig) -> Any:
-    from rfstore.stages.devices import resolve_device
-
-    return resolve_device(config.device)
 
 
 def _blocks(ctx: NetworkContext, plan: DissectionPlan, config: NetDissectConfig, work: QuantileWork | TallyWork,
@@ -311,7 +309,7 @@ def tally_task(store_path: str, network: str, config: NetDissectConfig, block: B
                thresholds: dict[str, np.ndarray]) -> tuple[int, Any]:
     """Worker: pass 2 of one block; ``(block id, its BlockResult)``."""
     return _task_blocks(store_path, network, config, block, plan_block,
-                        lambda plan: TallyWork(plan, thresholds, _device(config)))
+                        lambda plan: TallyWork(plan, thresholds, resolve_device(config.device)))
 
 
 def _cluster_blocks(ctx: NetworkContext, plan: DissectionPlan, config: NetDissectConfig, blocks: list[Block],

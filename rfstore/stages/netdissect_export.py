@@ -24,7 +24,8 @@ from rfstore.store.layout import netdissect_group
 
 def tally_columns(categories: list[str]) -> list[str]:
     """The header of a ``tally.csv``."""
-    per_category = [f"{c}-{field}" for c in categories for field in ("label", "truth", "activation", "intersect", "iou")]
+    fields = ("label", "truth", "activation", "intersect", "iou")
+    per_category = [f"{c}-{field}" for c in categories for field in fields]
     return ["unit", "category", "label", "score", *per_category]
 
 

@@ -100,7 +100,8 @@ class QuantileCheckpoint:
         base = f"{self.group}/{slot}/{layer}"
         count = int(self.store.read(f"{base}/count")[0])
         kept = min(count, empty.capacity)
-        state = empty.state_dict() | {"count": count, "top": self.store.read(f"{base}/top", (slice(None), slice(0, kept)))}
+        top = self.store.read(f"{base}/top", (slice(None), slice(0, kept)))
+        state = empty.state_dict() | {"count": count, "top": top}
         return TopQuantile.from_state_dict(state)
 
     def save(self, quantiles: dict[str, TopQuantile], folded: np.ndarray, done: np.ndarray) -> None:

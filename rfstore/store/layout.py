@@ -15,7 +15,7 @@
         seg_mask                                            (unit, rank, py, px)
         concept, iou                                        (unit)          dissect
         concept_iou, iou_chance                             (unit, concept_name)
-    /{network}/{layer}/netdissect/      dissect --method netdissect (NetDissect's dataset-wide IoU), see netdissect_specs
+    /{network}/{layer}/netdissect/      dissect --method netdissect (dataset-wide IoU): netdissect_specs
     /{network}/_rfstore/{stage}[/{layer}]                   stage bookkeeping: fingerprint, parameters, done flags
 
 Every dimension used in a group has a coordinate array of the same name in that
