@@ -35,6 +35,7 @@ from rfstore.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rfstore.errors import RfstoreError, StageMismatchError
 from rfstore.models import ModelSpec, load_model, probe_layers, select_layers
 from rfstore.stages.context import parameters_digest
+from rfstore.stages.netdissect_store import write_broden_tables
 from rfstore.stages.progress import fingerprint
 from rfstore.store import Store
 from rfstore.store.layout import SCHEMA_VERSION, image_specs, layer_group, write_coordinate
@@ -196,8 +197,6 @@ def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResul
         "init_params": params, "init_fingerprint": fp,
     })
     if broden is not None:
-        from rfstore.stages.netdissect_store import write_broden_tables
-
         write_broden_tables(store, network, broden, config.split, index.paths)
     store.flush()
     return InitResult(network, n_images, layer_names, len(index.skipped), already_done=False)
