@@ -1,7 +1,7 @@
 # rfstore: the two commands of the README's quickstart, plus the benchmark.
 #   make demo   create .venv, install rfstore, run the embedded demo end to end
 #   make test   create .venv, install rfstore with its dev extra, run the test suite
-#   make bench  the occlusion and activations benchmarks (slow; never part of make test)
+#   make bench  the occlusion benchmark and netdissect's memory as images grow 10x (slow; never part of make test)
 #   make bench-gpu  on a CUDA machine: the GPU tests, then the whole Zhou workload (issue #4's GPU target)
 PYTHON ?= python3
 VENV := .venv
@@ -34,6 +34,7 @@ test-slow: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/occlusion.py
+	$(PY) bench/netdissect_memory.py
 
 bench-gpu: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_gpu.py

@@ -58,6 +58,16 @@ class NetworkResults:
             raise KeyError(f"no layer {layer!r} in {self.name}; it has {', '.join(self.layers)}")
         return _open_group(self.path, f"{self.name}/{layer}")
 
+    def netdissect(self, layer: str) -> Any:
+        """The ``xarray.Dataset`` of a layer's ``dissect --method netdissect`` results: ``iou`` (unit, concept),
+        ``category_label`` (unit, category), ``label``, ``score`` (unit), ...
+        (:func:`~rfstore.store.layout.netdissect_specs`)."""
+        from rfstore.store.layout import netdissect_group
+
+        if layer not in self.layers:
+            raise KeyError(f"no layer {layer!r} in {self.name}; it has {', '.join(self.layers)}")
+        return _open_group(self.path, netdissect_group(self.name, layer))
+
     def images(self) -> Any:
         """The ``xarray.Dataset`` of the network group: ``image_path``, ``image_label``, ``image_error``."""
         return _open_group(self.path, self.name)

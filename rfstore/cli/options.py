@@ -11,7 +11,8 @@ import typer
 StorePath = Annotated[Path, typer.Argument(help="Store: a .zarr directory (Zarr v3) or a .h5/.hdf5 file.")]
 Model = Annotated[str, typer.Option(
     "--model", help="torchvision:NAME | module.path:factory | file.py:factory | torchscript:PATH | pickle:PATH.")]
-Data = Annotated[Path, typer.Option("--data", help="Image folder (searched recursively; subfolders are classes).")]
+Data = Annotated[Path, typer.Option("--data", help="Image folder (searched recursively; subfolders are classes), "
+                                                   "or a Broden folder (index.csv, images/).")]
 Weights = Annotated[str | None, typer.Option(
     help="torchvision: DEFAULT | enum name | none | PATH (state_dict); factories: PATH to a state_dict.")]
 Seed = Annotated[int, typer.Option(help="torch.manual_seed before building a randomly initialised model.")]

@@ -34,7 +34,7 @@ def _preprocessing(preprocess: str | None, resize: int | None, crop: int | None,
 
 def init_config(model: str, data: Path, weights: str | None, seed: int, trust_pickle: bool, name: str | None,
                 preprocess: str | None, resize: int | None, crop: int | None, mean: str | None, std: str | None,
-                layers: str | None, channels: int | None = None):
+                layers: str | None, channels: int | None = None, split: str | None = None):
     from rfstore.models import ModelSpec
     from rfstore.stages.init import InitConfig
 
@@ -42,7 +42,7 @@ def init_config(model: str, data: Path, weights: str | None, seed: int, trust_pi
     preprocessing = _preprocessing(preprocess, resize, crop, mean, std)
     with opt.usage_errors():
         return InitConfig(model=spec, data=data, name=name, preprocessing=preprocessing, layers=layers,
-                          channels=channels)
+                          channels=channels, split=split)
 
 
 def do_init(store_path: Path, config, force: bool) -> None:
@@ -111,12 +111,14 @@ def init(
     std: opt.Std = None,
     layers: opt.Layers = None,
     channels: opt.Channels = None,
+    split: Annotated[str | None, typer.Option(
+        help="With a Broden folder as --data: record only the images of this split (default: all).")] = None,
     force: opt.Force = False,
     wait: opt.Wait = False,
 ) -> None:
-    """Record the network, its preprocessing, the image folder and the layers of interest."""
+    """Record the network, its preprocessing, the image folder (or Broden folder) and the layers of interest."""
     do_init(store, init_config(model, data, weights, seed, trust_pickle, name, preprocess,
-                               resize, crop, mean, std, layers, channels), force)
+                               resize, crop, mean, std, layers, channels, split), force)
 
 
 def activations_config(batch_size: int, device: str, workers: int | None, maps: str | None,

@@ -1,6 +1,8 @@
 """Stage ``init``: record the network, its preprocessing, the dataset and the layers.
 
-Reads: the model (``--model``/``--weights``/``--seed``), the image folder (``--data``).
+Reads: the model (``--model``/``--weights``/``--seed``), the image folder (``--data``): a
+folder of images, or a Broden folder (:mod:`rfstore.datasets.broden`), whose images of
+``--split`` (every split by default) are recorded in ``index.csv`` order.
 Writes:
     ``/`` attrs ``schema_version``, ``created``, ``rfstore_version``;
     ``/{network}`` attrs ``model``, ``weights_sha256``, ``parameters_sha256``,
@@ -8,11 +10,15 @@ Writes:
     ``dataset_digest``, ``classes``, ``skipped_files``, ``layers``, library versions;
     ``/{network}/image_path``, ``image_label``, ``image_error`` (image);
     ``/{network}/{layer}`` attrs ``kind``, ``num_units``, ``output_shape``,
-    ``rf_theory_size``, ``rf_theory_jump``, ``rf_theory_start`` (or ``rf_theory_error``).
+    ``rf_theory_size``, ``rf_theory_jump``, ``rf_theory_start`` (or ``rf_theory_error``);
+    for a Broden folder also ``/{network}`` attrs ``dataset_kind`` ("broden"), ``broden_split``,
+    ``broden_digest``, ``broden_categories`` and the arrays of
+    :func:`rfstore.stages.netdissect_store.write_broden_tables` (``image_split``, ``concept``, ...).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +30,12 @@ import torchvision
 from rfstore import __version__
 from rfstore.core.rf_theory import ReceptiveFieldError, theoretical_receptive_fields
 from rfstore.datasets import BadImageError, ImageFolderIndex, Preprocessing, load_rgb, scan_image_folder
+from rfstore.datasets.broden import BrodenDataset, is_broden, read_broden
+from rfstore.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rfstore.errors import RfstoreError, StageMismatchError
 from rfstore.models import ModelSpec, input_channels, load_model, probe_layers, select_layers
 from rfstore.stages.context import parameters_digest
+from rfstore.stages.netdissect_store import write_broden_tables
 from rfstore.stages.progress import fingerprint
 from rfstore.store import Store
 from rfstore.store.layout import SCHEMA_VERSION, image_specs, layer_group, write_coordinate
@@ -55,6 +64,8 @@ class InitConfig:
     channels : int, optional
         Input channels, 1 (grayscale) or 3 (RGB); None: found from the model
         (:func:`rfstore.models.input_channels`).
+    split : str, optional
+        For a Broden folder, record only the images of this split (default: all).
     """
 
     model: ModelSpec
@@ -63,6 +74,7 @@ class InitConfig:
     preprocessing: Preprocessing | None = None
     layers: str | None = None
     channels: int | None = None
+    split: str | None = None
 
     def __post_init__(self) -> None:
         if self.channels is not None and self.channels not in (1, 3):
@@ -71,10 +83,16 @@ class InitConfig:
     def resolved_name(self) -> str:
         return self.name or self.model.default_name()
 
-    def resolved_preprocessing(self) -> Preprocessing:
+    def resolved_preprocessing(self, broden: bool = False) -> Preprocessing:
+        """The preprocessing asked for, or the model's default; for a Broden folder the default keeps
+        the images whole (no resize, no crop), as Network Dissection compares maps with whole-image
+        segmentations."""
         if self.preprocessing is not None:
             return self.preprocessing
-        return Preprocessing.imagenet() if self.model.default_preprocessing() == "imagenet" else Preprocessing.tensor()
+        imagenet = self.model.default_preprocessing() == "imagenet"
+        if broden:
+            return Preprocessing(None, None, IMAGENET_MEAN, IMAGENET_STD) if imagenet else Preprocessing.tensor()
+        return Preprocessing.imagenet() if imagenet else Preprocessing.tensor()
 
 
 @dataclass(frozen=True)
@@ -108,12 +126,17 @@ def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResul
     root = Path(config.data).expanduser().resolve()
     if not root.is_dir():
         raise RfstoreError(f"--data {config.data} is not a directory")
+    broden = read_broden(root) if is_broden(root) else None
+    if config.split is not None and broden is None:
+        raise RfstoreError(f"--split {config.split} chooses among the splits of a Broden folder, and {root} is not "
+                           f"one (it has no index.csv, label.csv and category.csv)")
     loaded = load_model(config.model)
     model = loaded.module
-    index = scan_image_folder(root)
+    index = broden.image_index(config.split) if broden is not None else scan_image_folder(root)
     if not index.paths:
         raise RfstoreError(f"no image files in {root}")
-    preprocessing = config.resolved_preprocessing()
+    digest = _dataset_digest(index, broden, config.split)
+    preprocessing = config.resolved_preprocessing(broden is not None)
     input_hw = input_size_for(preprocessing, index)
     channels = input_channels(model, input_hw, config.channels)
     preprocessing = _for_channels(preprocessing, channels)
@@ -121,8 +144,10 @@ def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResul
 
     params = {
         "model": config.model.to_dict(), "preprocessing": preprocessing.to_dict(),
-        "dataset_root": str(root), "dataset_digest": index.digest(), "layers": layer_names,
+        "dataset_root": str(root), "dataset_digest": digest, "layers": layer_names,
     }
+    if broden is not None:
+        params["split"] = config.split
     fp = fingerprint("init", STAGE_VERSION, params, [])
     if store.has(network) and "model" in store.attrs(network):
         recorded = store.attrs(network)
@@ -174,12 +199,14 @@ def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResul
         "weights_sha256": loaded.weights_sha256 or "", "parameters_sha256": parameters_digest(model),
         "num_classes": loaded.num_classes if loaded.num_classes is not None else -1,
         "preprocessing": preprocessing.to_dict(), "input_size": list(input_hw), "input_channels": channels,
-        "dataset_root": str(root), "dataset_digest": index.digest(), "classes": list(index.classes),
+        "dataset_root": str(root), "dataset_digest": digest, "classes": list(index.classes),
         "skipped_files": [[s.path, s.reason] for s in index.skipped],
         "layers": layer_names, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
         "rfstore_version": __version__, "created": now,
         "init_params": params, "init_fingerprint": fp,
     })
+    if broden is not None:
+        write_broden_tables(store, network, broden, config.split, index.paths)
     store.flush()
     return InitResult(network, n_images, layer_names, len(index.skipped), already_done=False)
 
@@ -193,6 +220,13 @@ def _for_channels(preprocessing: Preprocessing, channels: int) -> Preprocessing:
             f"the network takes {channels} input channel(s) but the preprocessing normalises with "
             f"mean {list(preprocessing.mean or [])} and std {list(preprocessing.std or [])} (R, G, B); "
             f"give --mean and --std one value each, or --preprocess tensor") from None
+
+
+def _dataset_digest(index: ImageFolderIndex, broden: BrodenDataset | None, split: str | None) -> str:
+    """The image list's digest; for Broden, also of its tables and the split."""
+    if broden is None:
+        return index.digest()
+    return hashlib.sha256(f"broden:{broden.digest}:{split}:{index.digest()}".encode()).hexdigest()
 
 
 def _theoretical_rfs(model: torch.nn.Module, layers: list[str], input_hw: tuple[int, int],

@@ -48,6 +48,10 @@ def _network_status(ctx: NetworkContext) -> list[str]:
         f"  images: {ctx.n_images} from {attrs['dataset_root']} ({len(attrs.get('classes', []))} classes)",
         f"  activations: {stage_state(ctx.store, ctx.network, 'activations')}",
     ]
+    if attrs.get("dataset_kind") == "broden":
+        lines.append(f"  netdissect (Broden, split {attrs.get('broden_split') or 'all'}): quantiles "
+                     f"{stage_state(ctx.store, ctx.network, 'netdissect-quantile')}, tally "
+                     f"{stage_state(ctx.store, ctx.network, 'netdissect-tally')}")
     header = f"  {'layer':<16}{'kind':<7}{'units':>6}  {'RF theory':>10}" + "".join(
         f"{stage:>15}" for stage in STAGE_ORDER[1:6]) + f"{'RF empirical':>16}{'labelled':>10}"
     lines.append(header)

@@ -15,6 +15,7 @@
         seg_mask                                            (unit, rank, py, px)
         concept, iou                                        (unit)          dissect
         concept_iou, iou_chance                             (unit, concept_name)
+    /{network}/{layer}/netdissect/      dissect --method netdissect (dataset-wide IoU): netdissect_specs
     /{network}/_rfstore/{stage}[/{layer}]                   stage bookkeeping: fingerprint, parameters, done flags
 
 Every dimension used in a group has a coordinate array of the same name in that
@@ -154,6 +155,48 @@ def dissect_specs(n_units: int, n_concepts: int) -> dict[str, ArraySpec]:
         "iou": ArraySpec((n_units,), "float32", ("unit",), (chunk,), NAN),
         "concept_iou": ArraySpec((n_units, n_concepts), "float32", dims, (chunk, max(n_concepts, 1)), NAN),
         "iou_chance": ArraySpec((n_units, n_concepts), "float32", dims, (chunk, max(n_concepts, 1)), NAN),
+    }
+
+
+#: subgroup of a layer group holding the results of ``dissect --method netdissect``.
+NETDISSECT_GROUP = "netdissect"
+
+
+def netdissect_group(network: str, layer: str) -> str:
+    return f"{network}/{layer}/{NETDISSECT_GROUP}"
+
+
+def whole(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One chunk for the whole array (results written at once)."""
+    return tuple(max(1, n) for n in shape)
+
+
+def netdissect_specs(n_units: int, n_labels: int, n_categories: int) -> dict[str, ArraySpec]:
+    """``dissect --method netdissect``, per layer; coordinates ``concept`` (label numbers), ``category`` (names).
+
+    Counts over the dataset (:mod:`rfstore.core.netdissect`): ``threshold`` (unit), ``truth`` (concept),
+    ``intersect`` (unit, concept), ``activation`` (unit, category); scores: ``iou`` (unit, concept),
+    per category ``category_concept`` / ``category_label`` / ``category_iou`` (unit, category), and the
+    unit's best ``label_concept`` / ``label`` / ``label_category`` / ``score`` / ``detector`` (unit).
+    """
+    u, uc, uk = (n_units,), (n_units, n_labels), (n_units, n_categories)
+    one, two_c, two_k = ("unit",), ("unit", "concept"), ("unit", "category")
+    return {
+        "concept_label": ArraySpec((n_labels,), "str", ("concept",), whole((n_labels,)), ""),
+        "concept_category": ArraySpec((n_labels,), "str", ("concept",), whole((n_labels,)), ""),
+        "threshold": ArraySpec(u, "float64", one, whole(u), NAN),
+        "truth": ArraySpec((n_labels,), "int64", ("concept",), whole((n_labels,)), 0),
+        "intersect": ArraySpec(uc, "int64", two_c, whole(uc), 0),
+        "activation": ArraySpec(uk, "int64", two_k, whole(uk), 0),
+        "iou": ArraySpec(uc, "float64", two_c, whole(uc), NAN),
+        "category_concept": ArraySpec(uk, "int64", two_k, whole(uk), -1),
+        "category_label": ArraySpec(uk, "str", two_k, whole(uk), ""),
+        "category_iou": ArraySpec(uk, "float64", two_k, whole(uk), NAN),
+        "label_concept": ArraySpec(u, "int64", one, whole(u), -1),
+        "label": ArraySpec(u, "str", one, whole(u), ""),
+        "label_category": ArraySpec(u, "str", one, whole(u), ""),
+        "score": ArraySpec(u, "float64", one, whole(u), NAN),
+        "detector": ArraySpec(u, "uint8", one, whole(u), 0),
     }
 
 

@@ -4,11 +4,22 @@ Arrays carry ``dimension_names`` in their metadata, which is what
 ``xarray.open_zarr(path, group=...)`` reads. Chunks that hold only the fill
 value are not written by Zarr, so completion is never inferred from chunk
 presence: stages record it explicitly (:mod:`rfstore.stages.progress`).
+
+Consolidated metadata. xarray first looks for the metadata of the whole
+hierarchy consolidated in the root ``zarr.json`` and, without it, warns and
+falls back to reading every node. So a writer consolidates the metadata each
+time it closes the store (after every stage, also one that failed), and
+``xarray.open_zarr(path, group=...)`` opens every group at once, without a
+warning. rfstore itself never reads the consolidated copy (a run killed before
+closing leaves it stale until the next run closes): it opens the hierarchy
+node by node (``use_consolidated=False``).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -42,7 +53,8 @@ class ZarrStore(Store):
         if mode == "r" and not (self.path / "zarr.json").exists():
             raise StoreError(f"no Zarr v3 store at {self.path}")
         try:
-            self._root = zarr.open_group(str(self.path), mode="r" if mode == "r" else "a", zarr_format=3)
+            self._root = zarr.open_group(str(self.path), mode="r" if mode == "r" else "a", zarr_format=3,
+                                         use_consolidated=False)
         except Exception as err:  # zarr raises several types for a bad directory
             raise StoreError(f"cannot open {self.path} as a Zarr v3 store: {err}") from err
 
@@ -145,6 +157,25 @@ class ZarrStore(Store):
 
     def flush(self) -> None:
         """Zarr writes each chunk to its own file as it goes; nothing is buffered."""
+
+    def consolidate(self) -> None:
+        """Write the consolidated metadata of the whole hierarchy (a writer holding the lock only:
+        the workers of a distributed run, which do not hold it, leave it to their client)."""
+        if self.mode == "r" or self.lock is None:
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            zarr.consolidate_metadata(str(self.path), zarr_format=3)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.consolidate()
+        except Exception:
+            if exc_type is None:
+                raise  # else the error that is ending the block is the one to report
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Release the writer lock; every write already reached its chunk file."""
