@@ -84,3 +84,12 @@ class _ViewingCNN(nn.Module):
 
 def viewing_cnn() -> nn.Module:
     return _ViewingCNN().eval()
+
+
+def fc_cnn() -> nn.Module:
+    """hand_cnn's layers with a ReLU after the linear layer: its default layers are a conv ReLU and a linear ReLU."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(),
+    ).eval()

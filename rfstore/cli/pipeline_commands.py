@@ -1,6 +1,7 @@
 """``rfstore run`` (every stage, skipping what is done) and ``rfstore demo`` (the embedded default)."""
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Annotated
@@ -60,11 +61,24 @@ def run(
     scheduler: opt.Scheduler = None,
     report: Annotated[Path | None, typer.Option(
         "--report", help="Write the HTML report into this folder at the end (as 'rfstore report --out').")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Compute nothing: print what would be computed, its estimated time here and the bytes "
+                          "it would store (as 'rfstore plan').")] = False,
 ) -> None:
     """Run every stage in order (init, activations, topk, occlude, rf, segment, dissect[, report]), skipping what is done."""
     from rfstore.stages.rf import RFConfig
     from rfstore.stages.segment import SegmentConfig
     from rfstore.stages.topk import TopKConfig
+
+    if dry_run:
+        occlude = mc.occlude_config(None, units, size, stride, fill, noise_seed, device, occlude_batch_size)
+        init = None if model is None and data is None else (
+            sc.init_config(model, data, weights, seed, trust_pickle, name, preprocess, resize, crop, mean, std, layers)
+            if model is not None and data is not None else None)
+        if (model is None) != (data is None):
+            raise typer.BadParameter("run needs both --model and --data to initialise a store")
+        _plan(store, network, init, occlude, k, tuple(opt.split_list(maps)))
+        return
 
     if cluster is not None or scheduler is not None:
         from rfstore.stages.cluster import require_zarr
@@ -90,6 +104,37 @@ def run(
         _report(store, report, network)
 
 
+def _plan(store: Path, network: str | None, init, occlude, k: int, maps: tuple[str, ...]) -> None:
+    """Print the plan of a run: on the store as it stands, or, before ``init``, on a scratch copy of what init would record."""
+    import shutil
+    import tempfile
+
+    from rfstore.stages.context import NetworkContext
+    from rfstore.stages.init import run_init
+    from rfstore.stages.plan import format_plan, plan_run
+    from rfstore.store import open_store
+
+    if init is None and not _recorded(store):
+        raise typer.BadParameter(f"{store} is not initialised: give --model and --data")
+    scratch = None
+    try:
+        if init is not None and not _recorded(store):
+            scratch = Path(tempfile.mkdtemp(prefix="rfstore-plan-"))
+            began = time.perf_counter()
+            with open_store(scratch / f"plan{store.suffix}", "a") as st:
+                result = run_init(st, init)
+            say(f"plan: init would record {result.n_images} images and {len(result.layers)} layers "
+                f"({time.perf_counter() - began:.1f} s)")
+            path = scratch / f"plan{store.suffix}"
+        else:
+            path = store
+        with open_store(path, "r") as st:
+            typer.echo(format_plan(plan_run(NetworkContext.open(st, network), occlude, k, maps)))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _report(store: Path, out: Path, network: str | None) -> Path:
     from rfstore.cli.method_commands import unit_ticker
     from rfstore.stages.report import ReportConfig, run_report
@@ -100,6 +145,18 @@ def _report(store: Path, out: Path, network: str | None) -> Path:
     say(f"report: {result.layer_pages} layer page(s), {result.unit_pages} unit page(s), "
         f"{result.figures} figure(s) in {result.seconds:.1f} s: {result.index}")
     return result.index
+
+
+def plan(**options) -> None:
+    """Compute nothing: what 'rfstore run' with these options would compute, its estimated time here and its bytes."""
+    run(**options, dry_run=True)
+
+
+_run_signature = inspect.signature(run, eval_str=True)  # plan takes exactly run's options but --dry-run
+plan.__signature__ = _run_signature.replace(  # type: ignore[attr-defined]
+    parameters=[p for p in _run_signature.parameters.values() if p.name != "dry_run"])
+plan.__annotations__ = {p.name: p.annotation for p in plan.__signature__.parameters.values()}
+app.command("plan")(handle_errors(plan))
 
 
 #: the demo's settings: every stage on the trained network's five conv layers, sized to run in under

@@ -16,7 +16,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from rfstore.occlusion.crop import crop_pass, min_extent
+from rfstore.occlusion.cost import pass_cost
+from rfstore.occlusion.crop import crop_pass, crop_positions, min_extent
 from rfstore.occlusion.geometry import target_crop, target_mask
 from rfstore.occlusion.incremental import ImageCache, build_cache, sweep
 from rfstore.occlusion.plain import read_targets
@@ -73,6 +74,11 @@ class OcclusionEngine:
         self._truncated: dict[str, Forward] = {}
 
     # -- set-up, once per engine ------------------------------------------------------
+    def prepare(self, image: torch.Tensor) -> Prefix:
+        """Trace the network on ``image`` ``(C, H, W)`` (once): its prefix, tail and call sizes."""
+        with torch.inference_mode():
+            return self._prepare(image.to(self.device, self.dtype))
+
     def _prepare(self, image: torch.Tensor) -> Prefix:
         if self.prefix is not None:
             return self.prefix
@@ -119,6 +125,62 @@ class OcclusionEngine:
             if crop != (0, hw[0], 0, hw[1]):
                 return Route("crop", crop=crop)
         return Route("full")
+
+    # -- estimates (rfstore plan) ------------------------------------------------------
+    def estimate(self, targets: Sequence[OcclusionTarget], channels: int,
+                 hw: tuple[int, int]) -> tuple[ImageWork, int, float]:
+        """The plan of one image's ``targets`` without computing it (after :meth:`prepare`).
+
+        Returns the plan, the occluded inputs it evaluates (positions of every pass) and
+        the multiply-adds of the network's own modules (crops, full images, the tail).
+        """
+        routes = [self.route(t, channels, hw) for t in targets]
+        masks = [target_mask(t, self.geometry[t.layer], self.occluder, hw) for t in targets]
+        work = self._plan(self.prefix, targets, routes, masks, hw)
+        n_pos = masks[0].size if masks else 0
+        chain = self.prefix.chain
+        tail = bool(work.full) and self.tail is not None
+        passes = n_pos if tail else (int(np.logical_or.reduce([masks[i] for i in work.shared]).sum())
+                                     if work.shared else 0)
+        passes += sum(int(g.mask.sum()) for g in work.cones)
+        macs = float(chain.macs(self.tail.index + 1)) * (n_pos + 1) if tail else 0.0
+        if work.full and not tail:
+            passes += n_pos
+            macs += float(chain.macs()) * (n_pos + 1)
+        for crop in work.crops:
+            count = int(crop_positions(crop, self.occluder, hw).sum()) + 1
+            passes += count
+            macs += float(chain.macs()) * count * (crop[1] - crop[0]) * (crop[3] - crop[2]) / (hw[0] * hw[1])
+        return work, passes, macs
+
+    def calibrate(self, image: torch.Tensor, fill: torch.Tensor, seconds: float = 2.0) -> float:
+        """Seconds per cost unit of this image's incremental work, timed on its first batches of positions."""
+        import time
+
+        with torch.inference_mode():
+            image = image.to(self.device, self.dtype)
+            fill = fill.to(self.device, self.dtype).expand_as(image)
+            prefix = self._prepare(image)
+            if not prefix.steps:
+                return 0.0
+            hw = (int(image.shape[-2]), int(image.shape[-1]))
+            grid = self.occluder.grid(hw)
+            depth = len(prefix.steps)
+            batch = max(self.batch_size, self.rows + 1)
+            cache = build_cache(prefix.chain.modules, prefix.steps, prefix.ends, image, fill, prefix.fresh_rows(batch))
+            regions = prefix.full_regions(depth)
+            flat = np.arange(grid[0].size * grid[1].size)
+            done, spent, began = 0, 0.0, time.perf_counter()
+            for chunk in position_batches(flat, self.batch_size):
+                sweep(prefix.steps, cache, regions, [chunk], [], grid, self.occluder.size)
+                done += chunk.size
+                spent = time.perf_counter() - began
+                if spent >= seconds:
+                    break
+            mask = np.zeros(flat.size, dtype=bool)
+            mask[:done] = True
+            cost = pass_cost(prefix.steps, prefix.channels, regions, mask.reshape(grid[0].size, -1), self.batch_size)
+        return spent / max(cost, 1.0)
 
     # -- one image --------------------------------------------------------------------
     def image_maps(self, image: torch.Tensor, fill: torch.Tensor,

@@ -13,6 +13,7 @@ quantile over the dataset (Bau et al. 2017, Network Dissection); attr
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ from rfstore.store.layout import IMAGE_BLOCK, layer_group, segmentation_spec
 
 STAGE_VERSION = 1
 DISSECT_QUANTILE = 0.995
+CHECKPOINT_SECONDS = 2.0
+"""Segmented units are flagged done at least this often (and at the end of each layer)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ def run_segment(ctx: NetworkContext, config: SegmentConfig, force: bool = False)
         threshold = float(attrs["rf_threshold"])
         top = {name: ctx.store.read(f"{group}/topk_{name}") for name in ("image", "y", "x")}
         todo = np.flatnonzero(rf_tracker.done_mask() & ~tracker.done_mask())
+        pending: list[int] = []
+        last = time.monotonic()
         for unit in todo:
             window = rf_mask(ctx.store.read(f"{group}/rf_map", int(unit)), threshold).astype(np.uint8)
             cy, cx = rf_centre_pixels(tuple(attrs["rf_theory_start"]), tuple(attrs["rf_theory_jump"]),
@@ -102,7 +107,12 @@ def run_segment(ctx: NetworkContext, config: SegmentConfig, force: bool = False)
             ctx.store.write(f"{group}/seg_mask", int(unit), masks)
             if has_maps:
                 _dissect_masks(ctx, layer, int(unit), top["image"][unit], k)
-            tracker.mark_done(int(unit))
+            pending.append(int(unit))
+            if time.monotonic() - last >= CHECKPOINT_SECONDS:
+                tracker.mark_done(pending)
+                pending, last = [], time.monotonic()
+        if pending:
+            tracker.mark_done(pending)
         done_units[layer] = len(todo)
         if tracker.done_mask().all():
             tracker.complete()
