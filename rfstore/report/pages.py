@@ -48,6 +48,7 @@ img.pixelated { image-rendering: pixelated; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; vertical-align: middle; margin: 0 0.2em; }
 code { background: #f4f4f4; padding: 0 0.2em; }
 th.network { text-align: center; border-left: 2px solid #bbb; }
+#compare td { white-space: nowrap; }
 """
 
 SORT_JS = """
