@@ -31,7 +31,7 @@ LABELS = {("tiny", "features.11"): {0: "disk", 1: "disk", 2: "bar"}, ("twoclass"
 
 
 def write_rf_and_labels(store, network: str, layer: str, n_units: int, rng: np.random.Generator) -> None:
-    """What the rf and dissect stages would write: ``rf_size`` for :data:`RF_MEASURED`, ``concept`` for :data:`LABELS`."""
+    """What the rf and dissect stages would write: ``rf_size`` (:data:`RF_MEASURED`), ``concept`` (:data:`LABELS`)."""
     group = f"{network}/{layer}"
     measured = RF_MEASURED[(network, layer)]
     if measured is not None:

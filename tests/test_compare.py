@@ -69,7 +69,8 @@ def table_by_hand(store_path: Path, network: str) -> dict[str, tuple]:
             group = f"{network}/{layer}"
             n = st.attrs(group)["num_units"]
             size = st.attrs(group)["rf_theory_size"]
-            rf = st.read(f"{group}/rf_size").astype(np.float64) if st.is_array(f"{group}/rf_size") else np.full(n, np.nan)
+            has_rf = st.is_array(f"{group}/rf_size")
+            rf = st.read(f"{group}/rf_size").astype(np.float64) if has_rf else np.full(n, np.nan)
             concept = st.read(f"{group}/concept") if st.is_array(f"{group}/concept") else np.full(n, "")
             measured = int(np.count_nonzero(~np.isnan(rf)))
             empirical = f"{np.nanmean(rf):.1f} +- {np.nanstd(rf):.1f}" if measured else "-"
@@ -262,7 +263,8 @@ def test_seed_study_torchvision_alexnet_and_a_pickled_two_class_variant(tmp_path
     assert done.exit_code == 0, done.output
     alexnet = conv.split(",")
     # avatarnet's depths 0, 1/3, 2/3, 1 are nearest alexnet's rows 0, 0.25, 0.75, 1
-    avatarnet = {0: ("features.1", ""), 1: ("features.4", "(0.33)"), 3: ("features.7", "(0.67)"), 4: ("classifier.2", "")}
+    avatarnet = {0: ("features.1", ""), 1: ("features.4", "(0.33)"), 3: ("features.7", "(0.67)"),
+                 4: ("classifier.2", "")}
     layout = [(f"{i / 4:.2f}", [(layer, ""), avatarnet.get(i)]) for i, layer in enumerate(alexnet)]
     assert_table_is_the_stores(done.stdout, store, layout)
     measured = [block[4] for _, blocks in parse_table(done.stdout)[1] for block in blocks if block]

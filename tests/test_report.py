@@ -388,6 +388,18 @@ def assert_not_blank(picture: Image.Image) -> None:
     assert pixels.std() > 10 and len(colours) > 50
 
 
+def check_comparison_page(browser: HeadlessChromium, index: Path) -> None:
+    """The index of a two-network store: the comparison plot and table, and its links to layer pages."""
+    browser.load(url=index.as_uri())
+    images = browser.images()
+    assert [src for src, _, _ in images] == ["rf_compare.png", "tiny/rf_depth.png", "twoclass/rf_depth.png"]
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert browser.evaluate("document.querySelectorAll('#compare tbody tr').length") == 4
+    assert_not_blank(browser.screenshot())
+    url = browser.load("document.querySelector('#compare a').click()")
+    assert url == (index.parent / "tiny" / "features.1" / "index.html").as_uri()
+
+
 def test_report_in_headless_chromium(report_dir: Path, compare_report: tuple[Path, Path], tmp_path: Path) -> None:
     if os.environ.get("RFSTORE_NO_BROWSER") == "1":
         pytest.skip("RFSTORE_NO_BROWSER=1")
@@ -426,15 +438,6 @@ def test_report_in_headless_chromium(report_dir: Path, compare_report: tuple[Pat
         assert_not_blank(browser.screenshot())
         url = browser.load("Array.from(document.links).find(a => a.textContent === 'report index').click()")
         assert url == (report_dir / "index.html").resolve().as_uri()
-
-        compare_index = (compare_report[1] / "index.html").resolve()  # two networks: the comparison section
-        browser.load(url=compare_index.as_uri())
-        images = browser.images()
-        assert [src for src, _, _ in images] == ["rf_compare.png", "tiny/rf_depth.png", "twoclass/rf_depth.png"]
-        assert all(complete and width > 0 for _, complete, width in images), images
-        assert browser.evaluate("document.querySelectorAll('#compare tbody tr').length") == 4
-        assert_not_blank(browser.screenshot())
-        url = browser.load("document.querySelector('#compare a').click()")
-        assert url == (compare_index.parent / "tiny" / "features.1" / "index.html").as_uri()
+        check_comparison_page(browser, (compare_report[1] / "index.html").resolve())
     finally:
         browser.close()

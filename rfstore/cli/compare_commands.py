@@ -61,5 +61,6 @@ def compare(
         for a, b in combinations(names, 2):
             summaries = pair_summaries(st, a, b)
             if summaries:
-                typer.echo(f"\nBest-matched units of {a} and {b} (Pearson r of act_max; mutual best pairs, best first):")
+                typer.echo(f"\nBest-matched units of {a} and {b} "
+                           f"(Pearson r of act_max; mutual best pairs, best first):")
                 typer.echo(format_pairs(summaries, top))

@@ -63,7 +63,8 @@ class Comparison:
 
 
 def _nearest_row(index: int, n_layers: int, n_rows: int) -> int:
-    """The row (of ``n_rows`` evenly spread over [0, 1]) nearest depth ``index / (n_layers - 1)``, shallower on a tie."""
+    """The row (of ``n_rows`` evenly spread over [0, 1]) nearest depth ``index / (n_layers - 1)``;
+    the shallower row on a tie (exact fractions: no rounding decides a tie)."""
     if n_layers < 2:
         return 0
     return math.ceil(Fraction(index * (n_rows - 1), n_layers - 1) - Fraction(1, 2))
@@ -105,7 +106,8 @@ def format_comparison(comparison: Comparison) -> str:
     lines = [["depth"] + [cell for name in names for cell in [name] + [""] * (width - 1)],
              [""] + list(COLUMNS) * len(names)]
     for row in comparison.rows:
-        lines.append([f"{row.depth:.2f}"] + [cell for name in names for cell in _layer_cells(row.layers[name], row.depth)])
+        cells = [cell for name in names for cell in _layer_cells(row.layers[name], row.depth)]
+        lines.append([f"{row.depth:.2f}", *cells])
     out = []
     for cells in pad(lines, left={1 + width * i for i in range(len(names))}):
         blocks = [cells[0]] + ["  ".join(cells[1 + width * i:1 + width * (i + 1)]) for i in range(len(names))]
