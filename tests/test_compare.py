@@ -179,6 +179,10 @@ def test_match_pairs_each_unit_with_its_best_correlated_unit(two_nets: Path) -> 
         assert [float(r) for _, _, r in shown] == sorted((float(r) for _, _, r in shown), reverse=True)
     again = invoke("compare", two_nets, "--match")
     assert again.exit_code == 0 and "already current; nothing to do" in again.output
+    assert invoke("activations", two_nets, "--network", "twoclass", "--force", "--workers", "0").exit_code == 0
+    assert invoke("compare", two_nets).stdout.count("(STALE: activations recomputed since") == 3
+    again = invoke("compare", two_nets, "--match")
+    assert "3 layer pair(s) over 18 images stored" in again.output and "STALE" not in again.output
     layer = open_group(two_nets, "tiny/features.4")  # the layer group still opens as it did, the pairings below it
     assert layer.act_max.dims == ("image", "unit") and "best_unit" not in layer
 

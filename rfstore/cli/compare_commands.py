@@ -54,7 +54,8 @@ def compare(
         names = network_names(st, networks or [])
     if match:
         if len(names) < 2:
-            raise typer.BadParameter(f"--match needs two networks; {store} holds only {', '.join(names)}")
+            raise typer.BadParameter(f"--match needs two or more networks, not only {', '.join(names)} "
+                                     f"(the store holds networks that 'rfstore status' lists)")
         _match(store, names, force, block_images)
     with open_store(store, "r") as st:
         typer.echo(format_comparison(compare_networks(st, names)))
