@@ -134,9 +134,13 @@ def corrcoef_cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def open_group(path: Path, group: str) -> xr.Dataset:
+    """The group as xarray opens it, loaded and closed (an HDF5 file left open here would hide later writes)."""
     if path.suffix == ".zarr":
-        return xr.open_zarr(path, group=group, consolidated=False)
-    return xr.open_dataset(path, group=group, engine="h5netcdf", phony_dims="sort")
+        opened = xr.open_zarr(path, group=group, consolidated=False)
+    else:
+        opened = xr.open_dataset(path, group=group, engine="h5netcdf", phony_dims="sort")
+    with opened:
+        return opened.load()
 
 
 def assert_best(match: xr.Dataset, corr: np.ndarray) -> None:
