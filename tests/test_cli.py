@@ -21,7 +21,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_help_on_every_command() -> None:
     commands = ["init", "activations", "topk", "occlude", "rf", "segment", "validate", "status", "run",
-                "rf-theory", "demo", "dissect", "report", "show"]
+                "rf-theory", "demo", "dissect", "report", "show", "compare"]
     top = cli("--help")
     assert top.returncode == 0
     for command in commands:

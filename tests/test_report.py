@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from compare_fixtures import build_two_network_store
 from rfstore.cli import app
 from rfstore.datasets import Preprocessing
 from rfstore.models import ModelSpec
@@ -31,7 +32,7 @@ from rfstore.stages.init import InitConfig, run_init
 from rfstore.stages.occlude import OccludeConfig, run_occlude
 from rfstore.stages.report import ReportConfig, run_report
 from rfstore.stages.rf import RFConfig, run_rf
-from rfstore.stages.rf_summary import rf_summary
+from rfstore.results.table import table1
 from rfstore.stages.segment import SegmentConfig, run_segment
 from rfstore.stages.topk import TopKConfig, run_topk
 from rfstore.store import ArraySpec, open_store
@@ -130,8 +131,8 @@ def test_every_link_resolves_and_every_page_is_reachable(report_dir: Path) -> No
 def test_index_has_table_1_and_the_depth_plot(report_dir: Path, scene_store: Path) -> None:
     index = (report_dir / "index.html").read_text(encoding="utf-8")
     with open_store(scene_store, "r") as st:
-        rows = rf_summary(NetworkContext.open(st))
-    assert [row.units for row in rows] == [4, 4]
+        rows = table1(NetworkContext.open(st))
+    assert [row.measured for row in rows] == [4, 4]
     for row in rows:
         assert f"{row.empirical_mean:.1f} &plusmn; {row.empirical_std:.1f}" in index
     assert '<td class="num">7</td>' in index and '<td class="num">27</td>' in index  # theoretical RF sizes
@@ -140,6 +141,32 @@ def test_index_has_table_1_and_the_depth_plot(report_dir: Path, scene_store: Pat
     assert "random init" not in index  # a factory may load its own weights (the demo's does)
     plot = Image.open(report_dir / "net" / "rf_depth.png")
     assert plot.size == (640, 360)
+    assert 'id="comparison"' not in index and not (report_dir / "rf_compare.png").exists()  # one network
+
+
+@pytest.fixture(scope="module")
+def compare_report(scene_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A store of two networks (compare_fixtures) and its report, one unit page per layer."""
+    store = build_two_network_store(tmp_path_factory.mktemp("two") / "two.zarr", scene_folder)
+    out = tmp_path_factory.mktemp("html") / "compare"
+    with open_store(store, "r") as st:
+        run_report(st, ReportConfig(out=out, units=slice(0, 1)))
+    return store, out
+
+
+def test_index_compares_the_networks_of_a_store(compare_report: tuple[Path, Path]) -> None:
+    store, compare_report_dir = compare_report
+    index = (compare_report_dir / "index.html").read_text(encoding="utf-8")
+    section = index[index.index('<h2 id="comparison">'):index.index("<h2", index.index('<h2 id="comparison">') + 1)]
+    assert section.count('<th colspan="5" class="network">') == 2 and ">tiny<" in section and ">twoclass<" in section
+    body = section[section.index("<tbody>"):section.index("</tbody>")]
+    assert body.count("<tr>") == 4 and body.count('colspan="5">-</td>') == 1  # tiny has no layer at depth 0.67
+    with open_store(store, "r") as st:
+        rf = st.read("tiny/features.11/rf_size")
+    assert f"{np.mean(rf):.1f} &plusmn; {np.std(rf):.1f}" in body  # every unit measured there
+    assert '<a href="tiny/features.11/index.html">features.11</a>' in body
+    assert '<td class="num">5 / 16</td>' in body and '<td class="num">0 / 24</td>' in body  # measured / units
+    assert Image.open(compare_report_dir / "rf_compare.png").size == (640, 380)
 
 
 def test_layer_and_unit_pages_show_what_is_computed(report_dir: Path, scene_store: Path) -> None:
@@ -361,7 +388,19 @@ def assert_not_blank(picture: Image.Image) -> None:
     assert pixels.std() > 10 and len(colours) > 50
 
 
-def test_report_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+def check_comparison_page(browser: HeadlessChromium, index: Path) -> None:
+    """The index of a two-network store: the comparison plot and table, and its links to layer pages."""
+    browser.load(url=index.as_uri())
+    images = browser.images()
+    assert [src for src, _, _ in images] == ["rf_compare.png", "tiny/rf_depth.png", "twoclass/rf_depth.png"]
+    assert all(complete and width > 0 for _, complete, width in images), images
+    assert browser.evaluate("document.querySelectorAll('#compare tbody tr').length") == 4
+    assert_not_blank(browser.screenshot())
+    url = browser.load("document.querySelector('#compare a').click()")
+    assert url == (index.parent / "tiny" / "features.1" / "index.html").as_uri()
+
+
+def test_report_in_headless_chromium(report_dir: Path, compare_report: tuple[Path, Path], tmp_path: Path) -> None:
     if os.environ.get("RFSTORE_NO_BROWSER") == "1":
         pytest.skip("RFSTORE_NO_BROWSER=1")
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -399,5 +438,6 @@ def test_report_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
         assert_not_blank(browser.screenshot())
         url = browser.load("Array.from(document.links).find(a => a.textContent === 'report index').click()")
         assert url == (report_dir / "index.html").resolve().as_uri()
+        check_comparison_page(browser, (compare_report[1] / "index.html").resolve())
     finally:
         browser.close()

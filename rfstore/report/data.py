@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rfstore.results.table import size_label
 from rfstore.stages.context import NetworkContext
 from rfstore.stages.progress import StageProgress
 from rfstore.store.layout import layer_group
@@ -51,10 +52,7 @@ class LayerInfo:
     @property
     def theory_label(self) -> str:
         """``"51"`` for a square theoretical RF, ``"51x43"`` otherwise, ``"-"`` when unknown."""
-        if self.theory_size is None:
-            return "-"
-        y, x = self.theory_size
-        return str(y) if y == x else f"{y}x{x}"
+        return size_label(self.theory_size)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Pages are self-contained (inline CSS, and on layer pages a few lines of inline J
 that sort the unit table), link only by relative paths, and escape every string
 that comes from the store or the file system. Layout of a report folder::
 
-    index.html                          every network: Table 1, RF size against depth
+    index.html                          every network: Table 1, RF size against depth; with several
+                                        networks first the networks compared (rf_compare.png)
+    rf_compare.png                      RF size against relative depth, every network (several networks)
     {net}/rf_depth.png
     {net}/{layer}/index.html            the layer's units, sortable
     {net}/{layer}/rf_hist.png
@@ -23,7 +25,8 @@ from urllib.parse import quote
 import numpy as np
 
 from rfstore.report.data import LayerTable, UnitData
-from rfstore.stages.rf_summary import LayerRFSummary
+from rfstore.results.compare import Comparison
+from rfstore.results.table import LayerRow
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -44,6 +47,8 @@ img.pixelated { image-rendering: pixelated; }
 .missing { color: #888; font-style: italic; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; vertical-align: middle; margin: 0 0.2em; }
 code { background: #f4f4f4; padding: 0 0.2em; }
+th.network { text-align: center; border-left: 2px solid #bbb; }
+#compare td { white-space: nowrap; }
 """
 
 SORT_JS = """
@@ -125,44 +130,95 @@ class NetworkSection:
     name: str
     folder: str
     facts: list[tuple[str, str]]
-    tables: list[LayerTable]
-    summary: list[LayerRFSummary]
+    summary: list[LayerRow]
     layer_folders: dict[str, str]
     plot: str | None
 
 
-def _concept_summary(table: LayerTable) -> tuple[int, str]:
-    labelled = table.concept[table.concept != ""]
-    if not labelled.size:
-        return 0, "-"
-    names, counts = np.unique(labelled.astype(str), return_counts=True)
-    order = np.argsort(-counts, kind="stable")[:3]
-    return int(labelled.size), ", ".join(f"{names[i]} ({counts[i]})" for i in order)
+def _concepts(row: LayerRow) -> str:
+    """The three most frequent concepts with their unit counts, ``"-"`` when no unit is labelled."""
+    return ", ".join(f"{name} ({count})" for name, count in row.concepts[:3]) or "-"
 
 
-def index_page(title: str, sections: list[NetworkSection], notes: Sequence[str] = ()) -> str:
-    """The report's front page: per network, its facts, Zhou's Table 1 and the RF-against-depth plot."""
+def _empirical(row: LayerRow) -> str:
+    return f"{row.empirical_mean:.1f} &plusmn; {row.empirical_std:.1f}" if row.measured else "-"
+
+
+def _layer_link(layer: str, folder: str, layer_folders: dict[str, str]) -> str:
+    """The layer's name, linked to its page when the report has one."""
+    if layer not in layer_folders:
+        return escape(layer)
+    return f'<a href="{escape(href(folder, layer_folders[layer], "index.html"))}">{escape(layer)}</a>'
+
+
+@dataclass(frozen=True)
+class ComparisonSection:
+    """What the index shows when the store holds several networks: the aligned Table 1 and one RF plot.
+
+    ``sections`` are the networks' own sections (for their folders and layer pages).
+    """
+
+    comparison: Comparison
+    sections: dict[str, NetworkSection]
+    plot: str | None
+
+
+def comparison_html(part: ComparisonSection) -> str:
+    """The networks side by side: RF size against relative depth, and Table 1 aligned by relative depth."""
+    names = part.comparison.networks
+    parts = ['<h2 id="comparison">Networks compared</h2>']
+    if part.plot:
+        parts.append(f'<figure>{_img(part.plot, "RF size against relative depth, every network")}'
+                     "<figcaption>Empirical RF size per layer (mean &plusmn; std over the measured units, solid) "
+                     "and theoretical RF size (dashed) of every network against relative depth: the layer's "
+                     "position among the network's recorded layers, 0 = first, 1 = last.</figcaption></figure>")
+    head = "".join(f'<th colspan="5" class="network">{escape(name)}</th>' for name in names)
+    sub = "".join('<th>layer</th><th class="num">theoretical RF (px)</th><th class="num">empirical RF (px)</th>'
+                  '<th class="num">units measured</th><th class="num">units labelled</th>' for _ in names)
+    rows = []
+    for aligned in part.comparison.rows:
+        cells = [f'<td class="num">{aligned.depth:.2f}</td>']
+        for name in names:
+            row = aligned.layers[name]
+            if row is None:
+                cells.append('<td class="missing" colspan="5">-</td>')
+                continue
+            section = part.sections[name]
+            cells.append(f'<td title="relative depth {row.depth:.2f}">'
+                         f'{_layer_link(row.layer, section.folder, section.layer_folders)}</td>'
+                         f'<td class="num">{escape(row.theory_label)}</td><td class="num">{_empirical(row)}</td>'
+                         f'<td class="num">{row.measured} / {row.n_units}</td><td class="num">{row.labelled}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append('<table id="compare"><thead><tr><th rowspan="2" class="num">relative depth</th>' + head
+                 + "</tr><tr>" + sub + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    parts.append("<p>Layers are aligned by relative depth: one row per layer of the network with the most "
+                 "layers, each other layer in the row nearest its own depth. <code>rfstore compare STORE</code> "
+                 "prints this table; <code>rfstore compare STORE --match</code> pairs the units of networks run "
+                 "on the same images.</p>")
+    return "\n".join(parts)
+
+
+def index_page(title: str, sections: list[NetworkSection], notes: Sequence[str] = (),
+               comparison: ComparisonSection | None = None) -> str:
+    """The report's front page: the networks compared (when there are several), then per network its
+    facts, Zhou's Table 1 and the RF-against-depth plot."""
     parts = [f"<h1>{escape(title)}</h1>"]
     parts += [f'<p class="missing">{escape(note)}</p>' for note in notes]
+    if comparison is not None:
+        parts.append(comparison_html(comparison))
     for section in sections:
         parts.append(f'<h2 id="{escape(section.folder)}">Network {escape(section.name)}</h2>')
         parts.append('<dl class="facts">' + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>"
                                                       for k, v in section.facts) + "</dl>")
         parts.append("<h3>Receptive fields per layer (Zhou et al. 2015, Table 1)</h3>")
         rows = []
-        for table, row in zip(section.tables, section.summary):
-            layer = table.info.layer
-            name = escape(layer)
-            if layer in section.layer_folders:
-                link = href(section.folder, section.layer_folders[layer], "index.html")
-                name = f'<a href="{escape(link)}">{name}</a>'
-            empirical = f"{row.empirical_mean:.1f} &plusmn; {row.empirical_std:.1f}" if row.units else "-"
-            labelled, top = _concept_summary(table)
+        for row in section.summary:
             rows.append(
-                f'<tr><td>{name}</td><td>{escape(table.info.kind)}</td>'
-                f'<td class="num">{table.info.n_units}</td><td class="num">{escape(table.info.theory_label)}</td>'
-                f'<td class="num">{empirical}</td><td class="num">{row.units}</td>'
-                f'<td class="num">{labelled}</td><td>{escape(top)}</td></tr>')
+                f'<tr><td>{_layer_link(row.layer, section.folder, section.layer_folders)}</td>'
+                f'<td>{escape(row.kind)}</td><td class="num">{row.n_units}</td>'
+                f'<td class="num">{escape(row.theory_label)}</td><td class="num">{_empirical(row)}</td>'
+                f'<td class="num">{row.measured}</td><td class="num">{row.labelled}</td>'
+                f'<td>{escape(_concepts(row))}</td></tr>')
         parts.append('<table><thead><tr><th>layer</th><th>kind</th><th class="num">units</th>'
                      '<th class="num">theoretical RF (px)</th><th class="num">empirical RF (px)</th>'
                      '<th class="num">units measured</th><th class="num">units labelled</th>'

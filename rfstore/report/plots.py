@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from rfstore.report.data import LayerTable
+from rfstore.results.compare import Comparison
 
 
 def _figure(width: float, height: float):  # -> matplotlib.figure.Figure
@@ -50,6 +51,29 @@ def rf_depth_figure(tables: list[LayerTable], network: str):  # -> matplotlib.fi
     ax.set_title(f"{network}: receptive field size against depth", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    return figure
+
+
+def rf_compare_figure(comparison: Comparison):  # -> matplotlib.figure.Figure
+    """Every network's RF size against relative depth in one plot: per layer the empirical mean +- std over
+    the measured units (solid, with error bars) and the theoretical size (dashed), one colour per network."""
+    figure = _figure(6.4, 3.8)
+    ax = figure.add_subplot()
+    colours = [f"C{i % 10}" for i in range(len(comparison.networks))]
+    for name, colour in zip(comparison.networks, colours):
+        rows = comparison.tables[name]
+        depth = [row.depth for row in rows]
+        ax.plot(depth, [row.theoretical for row in rows], "s--", color=colour, alpha=0.6, markersize=4,
+                label=f"{name}: theoretical")
+        ax.errorbar(depth, [row.empirical_mean for row in rows], yerr=[row.empirical_std for row in rows],
+                    fmt="o-", color=colour, capsize=3, label=f"{name}: empirical (mean +- std)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_xlabel("relative depth (position among the recorded layers: 0 = first, 1 = last)")
+    ax.set_ylabel("RF size (input pixels)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("receptive field size against relative depth", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
     return figure
 
 

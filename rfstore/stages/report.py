@@ -25,12 +25,15 @@ import numpy as np
 from rfstore.errors import RfstoreError
 from rfstore.report import figures, pages, plots
 from rfstore.report.data import ImageCache, LayerReader, LayerTable, UnitData
-from rfstore.stages.context import NetworkContext, find_network
-from rfstore.stages.rf_summary import rf_summary
+from rfstore.results.compare import compare_networks, network_names
+from rfstore.results.table import table1
+from rfstore.stages.context import NetworkContext
 from rfstore.stages.status import describe_weights
 from rfstore.store import Store
 
 MARKER = ".rfstore-report"
+#: the plot of every network's RF size against relative depth, beside index.html (stores of several networks)
+COMPARE_PLOT = "rf_compare.png"
 #: side of the report's tiles: small inputs are zoomed to at least this, 96-240 px ones kept as they are
 TILE_PX = 96
 
@@ -87,7 +90,7 @@ def _unique_slugs(names: list[str]) -> dict[str, str]:
     for name in names:
         base = candidate = pages.slug(name)
         n = 1
-        while candidate.lower() in taken or candidate.lower() in ("index.html", MARKER):
+        while candidate.lower() in taken or candidate.lower() in ("index.html", MARKER, COMPARE_PLOT):
             n += 1
             candidate = f"{base}_{n}"
         taken.add(candidate.lower())
@@ -96,13 +99,7 @@ def _unique_slugs(names: list[str]) -> dict[str, str]:
 
 
 def _networks(store: Store, network: str | None) -> list[str]:
-    if network is not None:
-        return [find_network(store, network)]
-    groups, _ = store.children("")
-    names = [g for g in groups if "model" in store.attrs(g)]
-    if not names:
-        find_network(store, None)  # the clear error for an empty or foreign store
-    return names
+    return network_names(store, [network] if network is not None else [])
 
 
 def _facts(ctx: NetworkContext) -> list[tuple[str, str]]:
@@ -206,9 +203,17 @@ def _network_report(store: Store, network: str, folder: str, config: ReportConfi
             _layer_report(ctx, readers[layer], table, out / layer_slugs[layer],
                           _selected_units(table.info.n_units, config.units), drawing, result, tick)
     result.unreadable_images += sorted(drawing.images.failures.values())
-    return pages.NetworkSection(name=network, folder=folder, facts=_facts(ctx), tables=tables,
-                                summary=rf_summary(ctx), layer_folders={name: layer_slugs[name] for name in selected},
-                                plot=plot_name)
+    return pages.NetworkSection(name=network, folder=folder, facts=_facts(ctx), summary=table1(ctx),
+                                layer_folders={name: layer_slugs[name] for name in selected}, plot=plot_name)
+
+
+def _comparison(store: Store, sections: list[pages.NetworkSection], out: Path,
+                result: ReportResult) -> pages.ComparisonSection:
+    """The networks side by side (:mod:`rfstore.results.compare`) and their RF plot, written to ``out``."""
+    comparison = compare_networks(store, [section.name for section in sections])
+    plots.save(plots.rf_compare_figure(comparison), out / COMPARE_PLOT)
+    result.figures += 1
+    return pages.ComparisonSection(comparison, {section.name: section for section in sections}, COMPARE_PLOT)
 
 
 def _one_thread() -> AbstractContextManager[None]:
@@ -235,7 +240,8 @@ def run_report(store: Store, config: ReportConfig, force: bool = False,
     networks = _networks(store, config.network)
     total = count_units(store, config)  # checks the layers before anything is written
     folders = _unique_slugs(networks)
-    _prepare(config.out, ["index.html", *folders.values()], force)
+    entries = ["index.html", *([COMPARE_PLOT] if len(networks) > 1 else []), *folders.values()]
+    _prepare(config.out, entries, force)
     tick = progress(total) if progress else None
     result = ReportResult(index=config.out / "index.html")
     with _one_thread():
@@ -244,8 +250,9 @@ def run_report(store: Store, config: ReportConfig, force: bool = False,
     if config.layers or config.units is not None:
         notes.append("This report covers only part of the store (--layers / --units).")
     title = f"rfstore report: {Path(str(store.path)).name}"
-    result.index.write_text(pages.index_page(title, sections, notes), encoding="utf-8")
-    (config.out / MARKER).write_text(json.dumps({"entries": ["index.html", *folders.values()]}))
+    comparison = _comparison(store, sections, config.out, result) if len(networks) > 1 else None
+    result.index.write_text(pages.index_page(title, sections, notes, comparison), encoding="utf-8")
+    (config.out / MARKER).write_text(json.dumps({"entries": entries}))
     result.seconds = time.perf_counter() - began
     return result
 

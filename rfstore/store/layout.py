@@ -16,6 +16,7 @@
         concept, iou                                        (unit)          dissect
         concept_iou, iou_chance                             (unit, concept_name)
     /{network}/{layer}/netdissect/      dissect --method netdissect (dataset-wide IoU): netdissect_specs
+    /{network}/{layer}/match/{other}/{other_layer}/     compare --match: best_unit, best_corr (unit): match_specs
     /{network}/_rfstore/{stage}[/{layer}]                   stage bookkeeping: fingerprint, parameters, done flags
 
 Every dimension used in a group has a coordinate array of the same name in that
@@ -197,6 +198,26 @@ def netdissect_specs(n_units: int, n_labels: int, n_categories: int) -> dict[str
         "label_category": ArraySpec(u, "str", one, whole(u), ""),
         "score": ArraySpec(u, "float64", one, whole(u), NAN),
         "detector": ArraySpec(u, "uint8", one, whole(u), 0),
+    }
+
+
+#: subgroup of a layer group holding ``compare --match``'s pairings with the layers of other networks.
+MATCH_GROUP = "match"
+
+
+def match_group(network: str, layer: str, other: str, other_layer: str) -> str:
+    """Where the units of ``network``'s ``layer`` record their best match in ``other``'s ``other_layer``."""
+    return f"{network}/{layer}/{MATCH_GROUP}/{other}/{other_layer}"
+
+
+def match_specs(n_units: int) -> dict[str, ArraySpec]:
+    """``compare --match``, per layer pair and direction: for each unit of the layer, ``best_unit`` (unit)
+    is the other layer's unit of highest Pearson correlation over the images' ``act_max`` (-1: none, e.g.
+    a unit constant over the images), ``best_corr`` (unit) that correlation (NaN: none)."""
+    one = (n_units,)
+    return {
+        "best_unit": ArraySpec(one, "int64", ("unit",), whole(one), -1),
+        "best_corr": ArraySpec(one, "float32", ("unit",), whole(one), NAN),
     }
 
 
