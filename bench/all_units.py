@@ -12,7 +12,8 @@ zero fill, over ``--images`` generated 224x224 scenes.  It prints
 * the time today's per-target path would take: sampled maps of each layer computed alone
   (cones for conv units, full occluded images for linear units), scaled to all maps;
 * the largest difference from full re-inference over every map of the image that is in
-  the most top-K lists, per layer, relative to the unit's largest activation.
+  the most top-K lists, per layer, relative to the unit's largest activation on the image
+  (or the map's largest value, for a unit silent on that image).
 
 Usage: ``python bench/all_units.py [--images 30] [--out bench-out] [--sample-maps 2]``
 """
@@ -126,6 +127,7 @@ def accuracy(ctx: NetworkContext) -> tuple[int, dict[str, float], float]:
     seconds = time.perf_counter() - began
     worst: dict[str, float] = {}
     for t, got, ref, scale in zip(targets, stored, reference, scales):
+        scale = max(scale, float(np.abs(ref).max()))  # a unit silent on this image still has a map
         worst[t.layer] = max(worst.get(t.layer, 0.0), float(np.abs(got - ref).max()) / max(scale, 1e-12))
     return image, worst, seconds
 

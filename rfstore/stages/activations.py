@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -36,6 +34,7 @@ from rfstore.errors import RfstoreError
 from rfstore.models import FeatureExtractor
 from rfstore.stages.context import NetworkContext, ParameterCheck
 from rfstore.stages.devices import channels_last_for, exact_float32, resolve_device
+from rfstore.stages.writer import BackgroundWriter
 from rfstore.stages.progress import Plan, StageProgress, fingerprint
 from rfstore.store import layout
 from rfstore.store.layout import activation_map_spec, activation_specs, image_specs, layer_group, n_blocks
@@ -226,7 +225,7 @@ def _stream(ctx: NetworkContext, config: ActivationsConfig, tracker: StageProgre
     pending = iter(blocks)
     block_id, start, stop = next(pending)
     buffer = _BlockBuffer(start, stop, units, map_shapes)
-    writer = _BackgroundWriter()
+    writer = BackgroundWriter()
     try:
         with torch.inference_mode(), exact_float32():
             for image_ids, images, errors in batches:
@@ -281,43 +280,6 @@ class _LayerRunner:
             self.channels_last = False
             self.model.to(memory_format=torch.contiguous_format)
             return self.extractor(images.to(self.device))
-
-
-class _BackgroundWriter:
-    """Runs block writes on one background thread, one at a time, in order.
-
-    ``submit`` first waits for the previous write (so at most two blocks are in
-    memory and a block is flagged done only after every earlier one), and any
-    error of a write (a full disk, an interrupt) is raised in the caller's thread
-    by the next ``submit`` or by ``close``.
-    """
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rfstore-write")
-        self._pending: Future | None = None
-
-    def submit(self, write: Callable[[int, _BlockBuffer], None], block_id: int, buffer: _BlockBuffer) -> None:
-        self._wait()
-        self._pending = self._executor.submit(write, block_id, buffer)
-
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        """Wait for the last write and raise its error."""
-        try:
-            self._wait()
-        finally:
-            self._executor.shutdown(wait=True)
-
-    def abandon(self) -> None:
-        """Let the write in flight finish (a block is never left half written), ignoring its error:
-        the caller is already raising one."""
-        if self._pending is not None:
-            futures_wait([self._pending])
-        self._executor.shutdown(wait=True)
 
 
 def _summariser(map_shapes: dict[str, tuple[int, int]]) -> Callable[[str, torch.Tensor], dict[str, np.ndarray]]:

@@ -18,7 +18,7 @@ images) all give the same store bit for bit.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from rfstore.occlusion import LayerGeometry, Occluder, OccluderError, OcclusionE
 from rfstore.stages.context import NetworkContext, load_images
 from rfstore.stages.devices import exact_float32, resolve_device
 from rfstore.stages.progress import Plan, StageProgress, fingerprint, upstream_token
+from rfstore.stages.writer import BackgroundWriter
 from rfstore.store.layout import discrepancy_spec, layer_group, write_coordinate
 
 STAGE_VERSION = 1
@@ -264,37 +265,38 @@ def mark_maps_done(trackers: dict[str, StageProgress], items: list[Work], k: dic
         result.maps_done[layer] = result.maps_done.get(layer, 0) + len(parts)
 
 
-def _checkpoints(by_image: dict[int, list[Work]],
-                 compute: Callable[[int, list[Work]], None]) -> Iterator[tuple[list[Work], int]]:
-    """Run ``compute`` image by image; yield (finished items, images) every :data:`CHECKPOINT_SECONDS`."""
-    pending: list[Work] = []
-    images, last = 0, time.monotonic()
-    for image, items in by_image.items():
-        compute(image, items)
-        pending += items
-        images += 1
-        if time.monotonic() - last >= CHECKPOINT_SECONDS:
-            yield pending, images
-            pending, images, last = [], 0, time.monotonic()
-    if pending:
-        yield pending, images
-
-
 def _compute(ctx: NetworkContext, config: OccludeConfig, by_image: dict[int, list[Work]],
              trackers: dict[str, StageProgress], tick: Callable[[int], None] | None, result: OccludeResult) -> None:
+    """Image by image; each image's maps are written on a background thread while the next one computes,
+    and the written maps are flagged done every :data:`CHECKPOINT_SECONDS` and after the last image."""
     maker = MapMaker(ctx, config, sorted({w.layer for ws in by_image.values() for w in ws}, key=ctx.layers.index))
     k = {layer: int(ctx.layer_attrs(layer)["topk_k"]) for layer in trackers}
+    writer = BackgroundWriter()
+    pending: list[Work] = []
+    last = time.monotonic()
+    try:
+        for n, (image, items) in enumerate(by_image.items(), start=1):
+            maps, stats = maker.maps(image, items)
+            result.stats.add(stats)
+            result.images += 1
+            pending += items
+            due = n == len(by_image) or time.monotonic() - last >= CHECKPOINT_SECONDS
+            writer.submit(_write_and_flag, ctx, items, maps, (trackers, pending, k, result) if due else None)
+            if due:
+                pending, last = [], time.monotonic()
+            if tick:
+                tick(1)
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.close()
 
-    def compute(image: int, items: list[Work]) -> None:
-        maps, stats = maker.maps(image, items)
-        write_maps(ctx, items, maps)
-        result.stats.add(stats)
 
-    for items, images in _checkpoints(by_image, compute):
-        mark_maps_done(trackers, items, k, result)
-        result.images += images
-        if tick:
-            tick(images)
+def _write_and_flag(ctx: NetworkContext, items: list[Work], maps: np.ndarray,
+                    flag: tuple[dict[str, StageProgress], list[Work], dict[str, int], OccludeResult] | None) -> None:
+    write_maps(ctx, items, maps)
+    if flag is not None:
+        mark_maps_done(*flag)
 
 
 # -- on a Dask cluster -------------------------------------------------------------------

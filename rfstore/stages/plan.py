@@ -24,13 +24,18 @@ from rfstore.occlusion.cost import FORWARD_COST, pass_cost
 from rfstore.stages.context import NetworkContext, load_images
 from rfstore.stages.occlude import OccludeConfig, layer_geometry, selected_units
 from rfstore.stages.progress import StageProgress
-from rfstore.store.layout import layer_group
+from rfstore.store.layout import layer_group, rf_specs
 
 __all__ = ["Machine", "PlanRow", "RunPlan", "calibrate", "plan_run", "DAY"]
 
 DAY = 86400.0
 TOPK_SECONDS_PER_VALUE = 4e-9
 """Running top-K update, per (image, unit) value (measured: 2-5 ns on a 2-core x86_64)."""
+DISSECT_SECONDS_PER_MASK = 2e-4
+"""Scoring one segmentation against every concept's mask (measured: 0.1-0.3 ms at 224 x 224 px)."""
+OVERLAP = 0.25
+"""Share of the shorter of computing and writing that does not overlap the longer (the write thread
+competes for the interpreter)."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,10 @@ class Machine:
         One cost unit of the occlusion engine's incremental passes.
     image_load : float
         Reading and preprocessing one image.
+    chunk : float
+        The fixed cost of writing (or reading) one chunk of a store of this kind.
     write : float
-        One byte written to a store of this kind (read assumed alike).
+        One byte written to a store of this kind (read assumed alike), beyond the chunk's fixed cost.
     rf_unit : dict
         ``layer -> rf`` arithmetic per unit (without I/O).
     segment_unit : dict
@@ -62,9 +69,14 @@ class Machine:
     forward_mac: float
     incremental: float
     image_load: float
+    chunk: float
     write: float
     rf_unit: dict[str, float] = field(default_factory=dict)
     segment_unit: dict[str, float] = field(default_factory=dict)
+
+    def io(self, chunks: float, nbytes: float) -> float:
+        """Seconds to write (or read) ``chunks`` whole chunks holding ``nbytes`` in all."""
+        return chunks * self.chunk + nbytes * self.write
 
 
 @dataclass
@@ -119,7 +131,7 @@ def _engine(ctx: NetworkContext, model: torch.nn.Module, layers: list[str], conf
                            truncated=lambda layer: FeatureExtractor(model, [layer]), batch_size=config.batch_size)
 
 
-def calibrate(ctx: NetworkContext, layers: list[str], config: OccludeConfig) -> tuple[Machine, OcclusionEngine]:
+def calibrate(ctx: NetworkContext, layers: list[str], config: OccludeConfig, k: int) -> tuple[Machine, OcclusionEngine]:
     """Measure :class:`Machine` (a few seconds) and return the prepared occlusion engine too."""
     from rfstore.models import FeatureExtractor
 
@@ -136,26 +148,33 @@ def calibrate(ctx: NetworkContext, layers: list[str], config: OccludeConfig) -> 
     incremental = engine.calibrate(batch[0], torch.zeros_like(batch[0]), seconds=1.5)
     macs = max(engine.prefix.chain.macs(), 1)
     image_load = _timed(load_images, ctx, [0]) if ctx.n_images else 0.0
-    return Machine(model_load, forward, forward / macs / FORWARD_COST, incremental, image_load,
-                   _write_seconds(ctx), _rf_seconds(ctx, layers, config), _segment_seconds(ctx, layers)), engine
+    chunk, write = _write_seconds(ctx)
+    return Machine(model_load, forward, forward / macs / FORWARD_COST, incremental, image_load, chunk, write,
+                   _rf_seconds(ctx, layers, config, k), _segment_seconds(ctx, layers, k)), engine
 
 
-def _write_seconds(ctx: NetworkContext) -> float:
-    """Seconds per byte of whole-chunk writes of incompressible floats to a store like ``ctx.store``."""
+def _write_seconds(ctx: NetworkContext) -> tuple[float, float]:
+    """Seconds per chunk and per byte of whole-chunk writes of incompressible floats to a store like ``ctx.store``."""
     from rfstore.store import ArraySpec, open_store
 
     suffix = Path(ctx.store.path).suffix
+    rng = np.random.default_rng(0)
+    times = []
     with tempfile.TemporaryDirectory() as tmp, open_store(Path(tmp) / f"probe{suffix}", "a") as store:
-        data = np.random.default_rng(0).standard_normal((16, 65536)).astype(np.float32)
-        store.create_array("probe", ArraySpec(data.shape, "float32", ("a", "b"), (1, 65536), float("nan")))
-        began = time.perf_counter()
-        for row in range(16):
-            store.write("probe", row, data[row])
-        store.flush()
-        return (time.perf_counter() - began) / data.nbytes
+        for rows, width in ((64, 16), (16, 65536)):
+            data = rng.standard_normal((rows, width)).astype(np.float32)
+            store.create_array(f"probe{width}", ArraySpec(data.shape, "float32", (f"a{width}", f"b{width}"), (1, width),
+                                                          float("nan")))
+            began = time.perf_counter()
+            for row in range(rows):
+                store.write(f"probe{width}", row, data[row])
+            store.flush()
+            times.append((time.perf_counter() - began) / rows)
+    chunk = times[0]
+    return chunk, max(times[1] - chunk, 0.0) / (65536 * 4)
 
 
-def _rf_seconds(ctx: NetworkContext, layers: list[str], config: OccludeConfig) -> dict[str, float]:
+def _rf_seconds(ctx: NetworkContext, layers: list[str], config: OccludeConfig, k: int) -> dict[str, float]:
     from rfstore.core.rf_empirical import unit_rf_map
 
     hw = ctx.input_size
@@ -165,7 +184,6 @@ def _rf_seconds(ctx: NetworkContext, layers: list[str], config: OccludeConfig) -
         attrs = ctx.layer_attrs(layer)
         if "rf_theory_size" not in attrs:
             continue
-        k = int(attrs.get("topk_k", 10))
         maps = np.random.default_rng(0).standard_normal((k, n_oy, n_ox)).astype(np.float32)
         ys = np.zeros(k, dtype=np.int64)
         out[layer] = _timed(unit_rf_map, maps, ys, ys, tuple(attrs["rf_theory_start"]), tuple(attrs["rf_theory_jump"]),
@@ -173,7 +191,7 @@ def _rf_seconds(ctx: NetworkContext, layers: list[str], config: OccludeConfig) -
     return out
 
 
-def _segment_seconds(ctx: NetworkContext, layers: list[str]) -> dict[str, float]:
+def _segment_seconds(ctx: NetworkContext, layers: list[str], k: int) -> dict[str, float]:
     from rfstore.core.rf_empirical import rf_mask, window_radius
     from rfstore.stages.segment import place_mask
 
@@ -182,7 +200,6 @@ def _segment_seconds(ctx: NetworkContext, layers: list[str]) -> dict[str, float]
         attrs = ctx.layer_attrs(layer)
         if "rf_theory_size" not in attrs:
             continue
-        k = int(attrs.get("topk_k", 10))
         radius = window_radius(tuple(attrs["rf_theory_size"]), int(attrs.get("occluder_size", 11)))
         rf_map = np.random.default_rng(0).random((2 * radius[0] + 1, 2 * radius[1] + 1)).astype(np.float32)
 
@@ -293,8 +310,9 @@ def _occlude(ctx: NetworkContext, machine: Machine, engine: OcclusionEngine, lay
         images = len(by_image)
     else:
         cost, macs, passes, images = _occlude_bound(ctx, engine, layers, counts, hw, n_oy * n_ox)
-    seconds = (machine.model_load + cost * machine.incremental + macs * machine.forward_mac
-               + images * machine.image_load + targets * map_bytes * machine.write)
+    compute = machine.model_load + cost * machine.incremental + macs * machine.forward_mac + images * machine.image_load
+    writes = machine.io(targets, targets * map_bytes)  # on a background thread while the next image computes
+    seconds = max(compute, writes) + OVERLAP * min(compute, writes)
     return [PlanRow("occlude", images=images, top_images=images, passes=passes, macs=cost + macs, seconds=seconds,
                     bound=not exact, units=targets), *rows]
 
@@ -327,11 +345,13 @@ def _rf(ctx: NetworkContext, machine: Machine, layers: list[str], config: Occlud
             continue
         units = ctx.n_units(layer)
         radius = window_radius(tuple(attrs["rf_theory_size"]), config.size)
-        nbytes = units * (2 * radius[0] + 1) * (2 * radius[1] + 1) * 4 + units * 4
+        spec = rf_specs(units, (2 * radius[0] + 1, 2 * radius[1] + 1))["rf_map"]
+        nbytes = math.prod(spec.shape) * 4 + units * 4
         done = _done(ctx, "rf", layer)
         rows.append(PlanRow("rf", layer, units=units, nbytes=nbytes, note="done" if done else ""))
         if not done:
-            seconds += units * machine.rf_unit.get(layer, 0.0) + (nbytes + units * k * n_maps * 4) * machine.write
+            seconds += (units * machine.rf_unit.get(layer, 0.0) + machine.io(units * k, units * k * n_maps * 4)
+                        + machine.io(math.ceil(units / spec.chunks[0]), nbytes))
     return [PlanRow("rf", seconds=seconds, note="done" if all(r.note == "done" for r in rows) else ""), *rows]
 
 
@@ -346,8 +366,27 @@ def _segment(ctx: NetworkContext, machine: Machine, layers: list[str], k: int) -
         done = _done(ctx, "segment", layer)
         rows.append(PlanRow("segment", layer, units=units, nbytes=nbytes, note="done" if done else ""))
         if not done:
-            seconds += units * machine.segment_unit.get(layer, 0.0) + nbytes * machine.write
+            seconds += units * machine.segment_unit.get(layer, 0.0) + machine.io(units, nbytes)
     return [PlanRow("segment", seconds=seconds, note="done" if all(r.note == "done" for r in rows) else ""), *rows]
+
+
+def _dissect(ctx: NetworkContext, machine: Machine, layers: list[str], k: int) -> list[PlanRow]:
+    """``dissect`` (top-K method), when the dataset has concept masks: each unit's segmentations read and scored."""
+    from rfstore.stages.dissect import has_concepts
+
+    if not has_concepts(ctx):
+        return []
+    rows, seconds = [], 0.0
+    pixels = ctx.input_size[0] * ctx.input_size[1]
+    for layer in layers:
+        if "rf_theory_size" not in ctx.layer_attrs(layer):
+            continue
+        units = ctx.n_units(layer)
+        done = _done(ctx, "dissect", layer)
+        rows.append(PlanRow("dissect", layer, units=units, note="done" if done else ""))
+        if not done:
+            seconds += machine.io(units, units * k * pixels) + units * k * DISSECT_SECONDS_PER_MASK
+    return [PlanRow("dissect", seconds=seconds, note="done" if all(r.note == "done" for r in rows) else ""), *rows]
 
 
 def plan_run(ctx: NetworkContext, occlude: OccludeConfig, k: int, maps: tuple[str, ...] = ()) -> RunPlan:
@@ -355,11 +394,12 @@ def plan_run(ctx: NetworkContext, occlude: OccludeConfig, k: int, maps: tuple[st
     layers = ctx.check_layers(list(occlude.layers))
     if _done(ctx, "topk", layers[0]):
         k = int(ctx.layer_attrs(layers[0]).get("topk_k", k))
-    machine, engine = calibrate(ctx, layers, occlude)
+    machine, engine = calibrate(ctx, layers, occlude, k)
     rows = [*_activations(ctx, machine, maps), *_topk(ctx, machine, k),
             *_occlude(ctx, machine, engine, [layer for layer in layers if "rf_theory_size" in ctx.layer_attrs(layer)],
                       occlude, k),
-            *_rf(ctx, machine, layers, occlude, k), *_segment(ctx, machine, layers, k)]
+            *_rf(ctx, machine, layers, occlude, k), *_segment(ctx, machine, layers, k),
+            *_dissect(ctx, machine, layers, k)]
     return RunPlan(rows, machine)
 
 

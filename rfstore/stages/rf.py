@@ -26,6 +26,8 @@ from rfstore.stages.progress import Plan, StageProgress, fingerprint
 from rfstore.store.layout import layer_group, rf_specs, write_coordinate
 
 STAGE_VERSION = 1
+READ_UNITS = 64
+"""Units whose discrepancy maps are read in one call."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,7 @@ def run_rf(ctx: NetworkContext, config: RFConfig, force: bool = False) -> RFResu
 
             maps = gradient_rf_maps(ctx, layer, todo, radius, config.device)
         sizes = ctx.store.read(f"{group}/rf_size")
-        for unit, rf_map in zip(todo, maps):
-            ctx.store.write(f"{group}/rf_map", int(unit), rf_map)
-            sizes[unit] = rf_size_from_map(rf_map, config.threshold)
+        _write_by_chunk(ctx, f"{group}/rf_map", todo, maps, sizes, config.threshold)
         ctx.store.write(f"{group}/rf_size", slice(None), sizes)
         if len(todo):
             tracker.mark_done(todo)
@@ -117,13 +117,48 @@ def run_rf(ctx: NetworkContext, config: RFConfig, force: bool = False) -> RFResu
     return result
 
 
+def _write_by_chunk(ctx: NetworkContext, path: str, units: np.ndarray, maps, sizes: np.ndarray,
+                    threshold: float) -> None:
+    """Write the maps of ``units`` (increasing) a chunk of ``rf_map`` at a time, and their sizes into ``sizes``.
+
+    Units of one chunk that are not in ``units`` keep their stored values (read with the chunk).
+    """
+    chunk = ctx.store.array_spec(path).chunks[0]
+    pending: dict[int, np.ndarray] = {}
+
+    def flush() -> None:
+        first = min(pending) // chunk * chunk
+        rows = slice(first, min(first + chunk, sizes.size))
+        block = ctx.store.read(path, rows) if len(pending) < rows.stop - rows.start else \
+            np.empty((rows.stop - rows.start, *next(iter(pending.values())).shape), dtype=np.float32)
+        for unit, rf_map in pending.items():
+            block[unit - first] = rf_map
+        ctx.store.write(path, rows, block)
+        pending.clear()
+
+    for unit, rf_map in zip(units, maps):
+        if pending and int(unit) // chunk != min(pending) // chunk:
+            flush()
+        pending[int(unit)] = rf_map
+        sizes[unit] = rf_size_from_map(rf_map, threshold)
+    if pending:
+        flush()
+
+
 def _occlusion_maps(ctx: NetworkContext, layer: str, units: np.ndarray):
     """Yield the ``(2ry+1, 2rx+1)`` rf_map of each unit from its discrepancy maps."""
     group = layer_group(ctx.network, layer)
     attrs = ctx.layer_attrs(layer)
     topk_y, topk_x = ctx.store.read(f"{group}/topk_y"), ctx.store.read(f"{group}/topk_x")
-    for unit in units:
-        maps = ctx.store.read(f"{group}/discrepancy", int(unit))
-        yield unit_rf_map(maps, topk_y[unit], topk_x[unit], tuple(attrs["rf_theory_start"]),
-                          tuple(attrs["rf_theory_jump"]), tuple(attrs["rf_theory_size"]),
-                          int(attrs["occluder_size"]), int(attrs["occluder_stride"]), ctx.input_size)
+    for block in _unit_runs(units, READ_UNITS):  # one read of many chunks: the store reads them concurrently
+        maps = ctx.store.read(f"{group}/discrepancy", slice(int(block[0]), int(block[-1]) + 1))
+        for unit in block:
+            yield unit_rf_map(maps[unit - block[0]], topk_y[unit], topk_x[unit], tuple(attrs["rf_theory_start"]),
+                              tuple(attrs["rf_theory_jump"]), tuple(attrs["rf_theory_size"]),
+                              int(attrs["occluder_size"]), int(attrs["occluder_stride"]), ctx.input_size)
+
+
+def _unit_runs(units: np.ndarray, longest: int) -> list[np.ndarray]:
+    """``units`` (increasing) cut into runs of consecutive units, each at most ``longest`` long."""
+    cuts = np.flatnonzero(np.diff(units) != 1) + 1
+    return [run[i: i + longest] for run in np.split(units, cuts) if run.size for i in range(0, run.size, longest)]

@@ -54,6 +54,23 @@ def place_mask(window: np.ndarray, centre: tuple[int, int], input_hw: tuple[int,
     return out
 
 
+class ChunkReader:
+    """Rows of an array read a whole chunk of the first axis at a time (each chunk read once while the
+    rows asked for increase)."""
+
+    def __init__(self, ctx: NetworkContext, path: str) -> None:
+        self.ctx, self.path = ctx, path
+        self.spec = ctx.store.array_spec(path)
+        self.start, self.block = -1, np.zeros(0)
+
+    def get(self, row: int) -> np.ndarray:
+        chunk = self.spec.chunks[0]
+        if not self.start <= row < self.start + len(self.block):
+            self.start = row // chunk * chunk
+            self.block = self.ctx.store.read(self.path, slice(self.start, min(self.start + chunk, self.spec.shape[0])))
+        return self.block[row - self.start]
+
+
 def unit_quantile(ctx: NetworkContext, layer: str, unit: int, level: float) -> float:
     """The ``level`` quantile of all the unit's activation-map values over the dataset."""
     path = f"{layer_group(ctx.network, layer)}/act_map"
@@ -95,10 +112,11 @@ def run_segment(ctx: NetworkContext, config: SegmentConfig, force: bool = False)
         threshold = float(attrs["rf_threshold"])
         top = {name: ctx.store.read(f"{group}/topk_{name}") for name in ("image", "y", "x")}
         todo = np.flatnonzero(rf_tracker.done_mask() & ~tracker.done_mask())
+        rf_maps = ChunkReader(ctx, f"{group}/rf_map")
         pending: list[int] = []
         last = time.monotonic()
         for unit in todo:
-            window = rf_mask(ctx.store.read(f"{group}/rf_map", int(unit)), threshold).astype(np.uint8)
+            window = rf_mask(rf_maps.get(int(unit)), threshold).astype(np.uint8)
             cy, cx = rf_centre_pixels(tuple(attrs["rf_theory_start"]), tuple(attrs["rf_theory_jump"]),
                                       top["y"][unit], top["x"][unit])
             masks = np.full((k, *ctx.input_size), 255, dtype=np.uint8)
