@@ -33,6 +33,8 @@ TOPK_SECONDS_PER_VALUE = 4e-9
 """Running top-K update, per (image, unit) value (measured: 2-5 ns on a 2-core x86_64)."""
 DISSECT_SECONDS_PER_MASK = 2e-4
 """Scoring one segmentation against every concept's mask (measured: 0.1-0.3 ms at 224 x 224 px)."""
+LAYER_META_OPS = 12
+"""Arrays created and attributes changed per layer by a stage (its bookkeeping included)."""
 OVERLAP = 0.25
 """Share of the shorter of computing and writing that does not overlap the longer (the write thread
 competes for the interpreter)."""
@@ -55,7 +57,11 @@ class Machine:
     image_load : float
         Reading and preprocessing one image.
     chunk : float
-        The fixed cost of writing (or reading) one chunk of a store of this kind.
+        The fixed cost of writing one chunk of a store of this kind.
+    read_chunk : float
+        The fixed cost of reading one chunk, among many read in one call.
+    meta : float
+        Creating an array or updating attributes (a stage does a few per layer).
     write : float
         One byte written to a store of this kind (read assumed alike), beyond the chunk's fixed cost.
     rf_unit : dict
@@ -70,13 +76,19 @@ class Machine:
     incremental: float
     image_load: float
     chunk: float
+    read_chunk: float
+    meta: float
     write: float
     rf_unit: dict[str, float] = field(default_factory=dict)
     segment_unit: dict[str, float] = field(default_factory=dict)
 
     def io(self, chunks: float, nbytes: float) -> float:
-        """Seconds to write (or read) ``chunks`` whole chunks holding ``nbytes`` in all."""
+        """Seconds to write ``chunks`` whole chunks holding ``nbytes`` in all."""
         return chunks * self.chunk + nbytes * self.write
+
+    def reads(self, chunks: float, nbytes: float) -> float:
+        """Seconds to read ``chunks`` chunks holding ``nbytes``, many chunks per call."""
+        return chunks * self.read_chunk + nbytes * self.write
 
 
 @dataclass
@@ -148,30 +160,39 @@ def calibrate(ctx: NetworkContext, layers: list[str], config: OccludeConfig, k: 
     incremental = engine.calibrate(batch[0], torch.zeros_like(batch[0]), seconds=1.5)
     macs = max(engine.prefix.chain.macs(), 1)
     image_load = _timed(load_images, ctx, [0]) if ctx.n_images else 0.0
-    chunk, write = _write_seconds(ctx)
-    return Machine(model_load, forward, forward / macs / FORWARD_COST, incremental, image_load, chunk, write,
+    chunk, read_chunk, meta, write = _io_seconds(ctx)
+    return Machine(model_load, forward, forward / macs / FORWARD_COST, incremental, image_load, chunk, read_chunk,
+                   meta, write,
                    _rf_seconds(ctx, layers, config, k), _segment_seconds(ctx, layers, k)), engine
 
 
-def _write_seconds(ctx: NetworkContext) -> tuple[float, float]:
-    """Seconds per chunk and per byte of whole-chunk writes of incompressible floats to a store like ``ctx.store``."""
+def _io_seconds(ctx: NetworkContext) -> tuple[float, float, float, float]:
+    """Seconds per chunk written, per chunk read (many per call), per metadata change and per byte, measured on
+    incompressible floats in a scratch store of the same kind as ``ctx.store``."""
     from rfstore.store import ArraySpec, open_store
 
     suffix = Path(ctx.store.path).suffix
     rng = np.random.default_rng(0)
     times = []
     with tempfile.TemporaryDirectory() as tmp, open_store(Path(tmp) / f"probe{suffix}", "a") as store:
+        began = time.perf_counter()
+        for width in (16, 65536):
+            store.create_array(f"probe{width}", ArraySpec((64, width), "float32", (f"a{width}", f"b{width}"),
+                                                          (1, width), float("nan")))
+            store.update_attrs(f"probe{width}", {"probe": width})
+        meta = (time.perf_counter() - began) / 4
         for rows, width in ((64, 16), (16, 65536)):
             data = rng.standard_normal((rows, width)).astype(np.float32)
-            store.create_array(f"probe{width}", ArraySpec(data.shape, "float32", (f"a{width}", f"b{width}"), (1, width),
-                                                          float("nan")))
             began = time.perf_counter()
             for row in range(rows):
                 store.write(f"probe{width}", row, data[row])
             store.flush()
             times.append((time.perf_counter() - began) / rows)
+        began = time.perf_counter()
+        store.read("probe16", slice(0, 64))
+        read_chunk = (time.perf_counter() - began) / 64
     chunk = times[0]
-    return chunk, max(times[1] - chunk, 0.0) / (65536 * 4)
+    return chunk, read_chunk, meta, max(times[1] - chunk, 0.0) / (65536 * 4)
 
 
 def _rf_seconds(ctx: NetworkContext, layers: list[str], config: OccludeConfig, k: int) -> dict[str, float]:
@@ -243,7 +264,7 @@ def _topk(ctx: NetworkContext, machine: Machine, k: int) -> list[PlanRow]:
         rows.append(PlanRow("topk", layer, units=units, images=ctx.n_images, nbytes=units * k * 20,
                             note="done" if done else ""))
         if not done:
-            seconds += values * (12 * machine.write + TOPK_SECONDS_PER_VALUE)
+            seconds += values * (12 * machine.write + TOPK_SECONDS_PER_VALUE) + LAYER_META_OPS * machine.meta
     return [PlanRow("topk", seconds=seconds, note="done" if all(r.note == "done" for r in rows) else ""), *rows]
 
 
@@ -350,8 +371,8 @@ def _rf(ctx: NetworkContext, machine: Machine, layers: list[str], config: Occlud
         done = _done(ctx, "rf", layer)
         rows.append(PlanRow("rf", layer, units=units, nbytes=nbytes, note="done" if done else ""))
         if not done:
-            seconds += (units * machine.rf_unit.get(layer, 0.0) + machine.io(units * k, units * k * n_maps * 4)
-                        + machine.io(math.ceil(units / spec.chunks[0]), nbytes))
+            seconds += (units * machine.rf_unit.get(layer, 0.0) + machine.reads(units * k, units * k * n_maps * 4)
+                        + machine.io(math.ceil(units / spec.chunks[0]), nbytes) + LAYER_META_OPS * machine.meta)
     return [PlanRow("rf", seconds=seconds, note="done" if all(r.note == "done" for r in rows) else ""), *rows]
 
 
@@ -366,7 +387,8 @@ def _segment(ctx: NetworkContext, machine: Machine, layers: list[str], k: int) -
         done = _done(ctx, "segment", layer)
         rows.append(PlanRow("segment", layer, units=units, nbytes=nbytes, note="done" if done else ""))
         if not done:
-            seconds += units * machine.segment_unit.get(layer, 0.0) + machine.io(units, nbytes)
+            seconds += (units * machine.segment_unit.get(layer, 0.0) + machine.io(units, nbytes)
+                        + LAYER_META_OPS * machine.meta)
     return [PlanRow("segment", seconds=seconds, note="done" if all(r.note == "done" for r in rows) else ""), *rows]
 
 
@@ -385,7 +407,8 @@ def _dissect(ctx: NetworkContext, machine: Machine, layers: list[str], k: int) -
         done = _done(ctx, "dissect", layer)
         rows.append(PlanRow("dissect", layer, units=units, note="done" if done else ""))
         if not done:
-            seconds += machine.io(units, units * k * pixels) + units * k * DISSECT_SECONDS_PER_MASK
+            seconds += (machine.reads(units, units * k * pixels) + units * k * DISSECT_SECONDS_PER_MASK
+                        + LAYER_META_OPS * machine.meta)
     return [PlanRow("dissect", seconds=seconds, note="done" if all(r.note == "done" for r in rows) else ""), *rows]
 
 
@@ -448,7 +471,7 @@ def format_plan(plan: RunPlan) -> str:
     lines.append(f"calibration: {m.forward_image * 1e3:.1f} ms per image forward, "
                  f"{1e-9 / m.forward_mac / FORWARD_COST:.0f} G multiply-adds/s in the network's modules, "
                  f"{1e-9 / max(m.incremental, 1e-30):.0f} G cost units/s incremental, "
-                 f"{1e-6 / max(m.write, 1e-30):.0f} MB/s store writes")
+                 f"{1e-6 / max(m.write, 1e-30):.0f} MB/s and {m.chunk * 1e3:.1f} ms per chunk store writes")
     if total > DAY:
         lines.append(f"warning: this would take about {duration(total)}; select fewer layers (--layers) or units "
                      f"(--units), use a smaller K (--k), a larger --stride, or run on a GPU or a cluster")
