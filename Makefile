@@ -1,8 +1,9 @@
 # rfstore: the two commands of the README's quickstart, plus the benchmark.
 #   make demo   create .venv, install rfstore, run the embedded demo end to end
 #   make test   create .venv, install rfstore with its dev extra, run the test suite
-#   make bench  the occlusion benchmark and netdissect's memory as images grow 10x (slow; never part of make test)
-#   make bench-gpu  on a CUDA machine: the GPU tests, then the whole Zhou workload (issue #4's GPU target)
+#   make bench  the all-units workload against rfstore plan, the conv sample against Captum, the activations stage,
+#               netdissect's memory as images grow 10x (slow, about an hour; never part of make test)
+#   make bench-gpu  on a CUDA machine: the GPU tests, then the whole default workload over 10k images
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -33,6 +34,7 @@ test-slow: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m slow
 
 bench: $(VENV)/.installed-dev
+	$(PY) bench/all_units.py
 	$(PY) bench/occlusion.py
 	$(PY) bench/netdissect_memory.py
 
