@@ -32,15 +32,15 @@ import torch
 from rfstore.models import FeatureExtractor, ModelSpec
 from rfstore.occlusion import Method, OcclusionEngine, OcclusionTarget, plain_maps
 from rfstore.occlusion.plain import occluded_batch
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext, load_images
-from rfstore.stages.dissect import DissectConfig, run_dissect
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.occlude import OccludeConfig, layer_geometry, run_occlude
-from rfstore.stages.plan import duration, format_plan, plan_run
-from rfstore.stages.rf import RFConfig, run_rf
-from rfstore.stages.segment import SegmentConfig, run_segment
-from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext, load_images
+from rfstore.pipeline.stages.dissect import DissectConfig, run_dissect
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.occlude import OccludeConfig, layer_geometry, run_occlude
+from rfstore.pipeline.plan import duration, format_plan, plan_run
+from rfstore.pipeline.stages.rf import RFConfig, run_rf
+from rfstore.pipeline.stages.segment import SegmentConfig, run_segment
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 from rfstore.store import open_store
 
 K, OCCLUDE = 3, OccludeConfig(size=11, stride=3, fill="zero", device="cpu")

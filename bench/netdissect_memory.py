@@ -3,7 +3,7 @@
 Writes a Broden-layout folder of N and 10 N demo scenes (tests/broden_fixtures.py),
 and runs init + ``dissect --method netdissect`` on each in a fresh process, which
 reports its peak resident memory (``ru_maxrss``), its time, and the bytes of the
-quantiles' state that :mod:`rfstore.core.quantile` predicts (units x kept(0.995, n)
+quantiles' state that :mod:`rfstore.stats.quantile` predicts (units x kept(0.995, n)
 x 4 per layer, twice that while compacting). The only memory that grows with the
 image count is that state (0.5% of each unit's activation values); NetDissect-Lite
 keeps a float64 memmap of every activation map, whose size is printed beside.
@@ -27,9 +27,9 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from rfstore.models import ModelSpec
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.netdissect import NetDissectConfig, make_plan, open_broden, run_netdissect
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.netdissect import NetDissectConfig, make_plan, open_broden, run_netdissect
 from rfstore.store import open_store
 
 data, store_path, layers = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]

@@ -34,11 +34,11 @@ from torch import nn
 
 from rfstore.datasets import Preprocessing
 from rfstore.models import ModelSpec
-from rfstore.stages.activations import ActivationsConfig, default_workers, run_activations
-from rfstore.stages.context import NetworkContext, load_images
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.occlude import OccludeConfig, run_occlude
-from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.pipeline.stages.activations import ActivationsConfig, default_workers, run_activations
+from rfstore.recorded.network import NetworkContext, load_images
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.occlude import OccludeConfig, run_occlude
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 from rfstore.store import open_store
 
 LAYERS = ("features.1", "features.4", "features.7", "features.9", "features.11")

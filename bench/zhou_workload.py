@@ -31,14 +31,14 @@ import torch
 
 from rfstore.models import FeatureExtractor, ModelSpec
 from rfstore.occlusion import OcclusionTarget, plain_maps
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext, load_images
-from rfstore.stages.devices import exact_float32, resolve_device
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.occlude import MapMaker, OccludeConfig, group_by_image, layer_work, run_occlude
-from rfstore.stages.plan import format_plan, plan_run
-from rfstore.stages.progress import StageProgress
-from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext, load_images
+from rfstore.pipeline.devices import exact_float32, resolve_device
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.occlude import MapMaker, OccludeConfig, group_by_image, layer_work, run_occlude
+from rfstore.pipeline.plan import format_plan, plan_run
+from rfstore.recorded.progress import StageProgress
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 from rfstore.store import open_store
 
 def parse_units(text: str | None) -> slice | None:

@@ -73,8 +73,8 @@ class NetworkResults:
         return _open_group(self.path, self.name)
 
     def _draw(self, layer: str, unit: int, draw: Callable[..., Any]) -> Any:
-        from rfstore.report.data import ImageCache, LayerReader
-        from rfstore.stages.context import NetworkContext
+        from rfstore.results.layers import ImageCache, LayerReader
+        from rfstore.recorded.network import NetworkContext
 
         if layer not in self.layers:
             raise KeyError(f"no layer {layer!r} in {self.name}; it has {', '.join(self.layers)}")
@@ -129,9 +129,9 @@ class NetworkResults:
 
     def rf_depth_plot(self) -> Any:
         """Empirical (per unit, and mean +- std) and theoretical RF size against depth: a matplotlib ``Figure``."""
-        from rfstore.report.data import LayerReader
+        from rfstore.results.layers import LayerReader
         from rfstore.report.plots import rf_depth_figure
-        from rfstore.stages.context import NetworkContext
+        from rfstore.recorded.network import NetworkContext
 
         with open_store(self.path, "r") as store:
             ctx = NetworkContext.open(store, self.name)

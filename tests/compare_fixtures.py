@@ -14,9 +14,9 @@ import numpy as np
 
 from rfstore.datasets import Preprocessing
 from rfstore.models import ModelSpec
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.stages.init import InitConfig, run_init
 from rfstore.store import ArraySpec, open_store
 
 TESTS = Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""Small networks, their theoretical RFs (worked out here, independently of rfstore.core.rf_theory) and checks
+"""Small networks, their theoretical RFs (worked out here, independently of rfstore.rf.theory) and checks
 shared by the occlusion engine's tests."""
 from __future__ import annotations
 

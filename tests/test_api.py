@@ -32,11 +32,11 @@ def test_open_gives_layer_datasets(tmp_path: Path, tiny_folder: Path, suffix: st
 @pytest.fixture(scope="module")
 def hand_results(tmp_path_factory: pytest.TempPathFactory, tiny_folder: Path) -> Path:
     """The hand-weighted CNN on 8x8 images in HDF5, every stage up to segment."""
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.occlude import OccludeConfig, run_occlude
-    from rfstore.stages.rf import RFConfig, run_rf
-    from rfstore.stages.segment import SegmentConfig, run_segment
-    from rfstore.stages.topk import TopKConfig, run_topk
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.occlude import OccludeConfig, run_occlude
+    from rfstore.pipeline.stages.rf import RFConfig, run_rf
+    from rfstore.pipeline.stages.segment import SegmentConfig, run_segment
+    from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 
     path = tmp_path_factory.mktemp("api") / "hand.h5"
     init_hand(path, tiny_folder)

@@ -12,7 +12,7 @@ from rfstore.demo.network import WEIGHTS_INFO, shipped_weights, tiny_alexnet_tra
 from rfstore.demo.scenes import CLASS_CONCEPT, CLASSES, CONCEPTS, make_scene, scene_arrays, scene_folder_matches, \
     scene_seed, write_scene_folder
 from rfstore.demo.train import TrainConfig, accuracy, deterministic_cpu, fit, sha256_file
-from rfstore.stages.context import parameters_digest
+from rfstore.recorded.network import parameters_digest
 from rfstore.store import open_store
 
 
@@ -145,14 +145,14 @@ def test_trained_last_conv_units_detect_the_objects(tmp_path: Path) -> None:
     """
     from rfstore.datasets import Preprocessing
     from rfstore.models import ModelSpec
-    from rfstore.stages.activations import ActivationsConfig, run_activations
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.dissect import DissectConfig, run_dissect
-    from rfstore.stages.init import InitConfig, run_init
-    from rfstore.stages.occlude import OccludeConfig, run_occlude
-    from rfstore.stages.rf import RFConfig, run_rf
-    from rfstore.stages.segment import SegmentConfig, run_segment
-    from rfstore.stages.topk import TopKConfig, run_topk
+    from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.dissect import DissectConfig, run_dissect
+    from rfstore.pipeline.stages.init import InitConfig, run_init
+    from rfstore.pipeline.stages.occlude import OccludeConfig, run_occlude
+    from rfstore.pipeline.stages.rf import RFConfig, run_rf
+    from rfstore.pipeline.stages.segment import SegmentConfig, run_segment
+    from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 
     data = tmp_path / "scenes"
     write_scene_folder(data, per_class=8, seed=1)

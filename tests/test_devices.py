@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from rfstore.stages.devices import channels_last_for, exact_float32
+from rfstore.pipeline.devices import channels_last_for, exact_float32
 
 
 def test_tf32_is_off_inside_and_restored_after() -> None:

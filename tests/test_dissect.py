@@ -10,18 +10,18 @@ import pytest
 from PIL import Image
 
 from conftest import HAND_CNN
-from rfstore.core.dissect import concept_counts, label_units
+from rfstore.stats.iou import concept_counts, label_units
 from rfstore.datasets import Preprocessing
 from rfstore.models import ModelSpec
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.dissect import DissectConfig, NoConceptsError, load_concept_map, run_dissect
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.occlude import OccludeConfig, run_occlude
-from rfstore.stages.progress import Plan, StageProgress
-from rfstore.stages.rf import RFConfig, run_rf
-from rfstore.stages.segment import SegmentConfig, run_segment
-from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.stages.dissect import DissectConfig, NoConceptsError, load_concept_map, run_dissect
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.occlude import OccludeConfig, run_occlude
+from rfstore.recorded.progress import Plan, StageProgress
+from rfstore.pipeline.stages.rf import RFConfig, run_rf
+from rfstore.pipeline.stages.segment import SegmentConfig, run_segment
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 from rfstore.store import open_store
 
 CONCEPTS = {"0": "background", "1": "red", "2": "blue"}

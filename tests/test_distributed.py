@@ -23,14 +23,15 @@ from rfstore.cli import app  # noqa: E402
 from rfstore.datasets import Preprocessing  # noqa: E402
 from rfstore.errors import RfstoreError  # noqa: E402
 from rfstore.models import ModelSpec  # noqa: E402
-from rfstore.stages import distributed as dist  # noqa: E402
-from rfstore.stages.activations import ActivationsConfig, run_activations  # noqa: E402
-from rfstore.stages.cluster import ClusterSpec, session  # noqa: E402
-from rfstore.stages.context import NetworkContext  # noqa: E402
-from rfstore.stages.init import InitConfig, run_init  # noqa: E402
-from rfstore.stages.occlude import OccludeConfig, run_occlude  # noqa: E402
-from rfstore.stages.progress import Plan, StageProgress  # noqa: E402
-from rfstore.stages.topk import TopKConfig, run_topk  # noqa: E402
+from rfstore.pipeline import worker as dist  # noqa: E402
+from rfstore.pipeline.stages import activations as activations_stage  # noqa: E402
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations  # noqa: E402
+from rfstore.pipeline.cluster import ClusterSpec, session  # noqa: E402
+from rfstore.recorded.network import NetworkContext  # noqa: E402
+from rfstore.pipeline.stages.init import InitConfig, run_init  # noqa: E402
+from rfstore.pipeline.stages.occlude import OccludeConfig, run_occlude  # noqa: E402
+from rfstore.recorded.progress import Plan, StageProgress  # noqa: E402
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk  # noqa: E402
 from rfstore.store import StoreError, layout, open_store, open_store_for_worker  # noqa: E402
 
 TINY_ALEXNET = "rfstore.demo.network:tiny_alexnet"
@@ -142,7 +143,7 @@ def test_cluster_run_gives_the_bits_of_one_process(client, reference: Path, imag
 
 
 def test_batches_never_straddle_blocks() -> None:
-    from rfstore.stages.activations import block_batches
+    from rfstore.pipeline.stages.activations import block_batches
 
     assert block_batches([(0, 0, 5), (2, 10, 13)], 2) == [[0, 1], [2, 3], [4], [5, 6], [7]]
 
@@ -190,7 +191,7 @@ def test_stale_task_writes_nothing(images: Path, tmp_path: Path) -> None:
     run_stages(path, stages=("activations",))
     before = arrays(path)
     with pytest.raises(dist.StaleTaskError, match="restarted"):
-        dist.activations_task(str(path), "net", ACTS, "an-older-generation", (0, 0, BLOCK),
+        activations_stage.activations_task(str(path), "net", ACTS, "an-older-generation", (0, 0, BLOCK),
                               {"features.4": 32, "features.9": 48}, {})
     assert_same_bits(before, arrays(path))
     with pytest.raises(StoreError, match="Zarr"):

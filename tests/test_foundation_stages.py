@@ -11,12 +11,12 @@ from conftest import HAND_CNN
 from rfstore.datasets import Preprocessing, load_rgb
 from rfstore.errors import MissingInputError, StageMismatchError
 from rfstore.models import ModelSpec
-from rfstore.stages import activations as activations_stage
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.progress import Plan
-from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.pipeline.stages import activations as activations_stage
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.recorded.progress import Plan
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 from rfstore.store import open_store
 
 HAND_LAYERS = "0,1,2,3,6"

@@ -92,7 +92,7 @@ SERVER = """
 import json, os, sys
 import torch, torchvision  # noqa: F401 - imported once, before any fork
 import rfstore.cli
-from rfstore.stages import activations, init, occlude, rf, segment, topk  # noqa: F401
+from rfstore.pipeline.stages import activations, init, occlude, rf, segment, topk  # noqa: F401
 print("ready", flush=True)
 for line in sys.stdin:
     request = json.loads(line)

@@ -11,15 +11,15 @@ from PIL import Image
 from conftest import TESTS
 from rfstore.datasets import Preprocessing
 from rfstore.models import ModelSpec
-from rfstore.stages import occlude as occlude_stage
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.occlude import OccludeConfig, run_occlude
-from rfstore.stages.progress import Plan
-from rfstore.stages.rf import RFConfig, run_rf
-from rfstore.stages.segment import SegmentConfig, run_segment
-from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.pipeline.stages import occlude as occlude_stage
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.occlude import OccludeConfig, run_occlude
+from rfstore.recorded.progress import Plan
+from rfstore.pipeline.stages.rf import RFConfig, run_rf
+from rfstore.pipeline.stages.segment import SegmentConfig, run_segment
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 from rfstore.store import open_store
 
 BOX = f"{TESTS / 'tiny_nets.py'}:box_filter"
@@ -91,7 +91,7 @@ def test_discrepancy_matches_captum_occlusion(tiny_store: Path, tmp_path: Path) 
     captum = pytest.importorskip("captum.attr")
     from rfstore.occlusion.attribution import pixel_attribution
     from rfstore.demo.network import tiny_alexnet
-    from rfstore.stages.context import load_images
+    from rfstore.recorded.network import load_images
 
     path = tmp_path / "copy.zarr"
     import shutil

@@ -15,17 +15,17 @@ from PIL import Image
 
 from broden_fixtures import BRIGHT, CATEGORIES, EDGE, HALF_LAYERS, REDDISH, SCENES, SHAPES, label_png, write_broden
 from conftest import TESTS, write_tiny_folder
-from rfstore.core.netdissect import (Annotation, Tally, best_labels, iou, label_totals, resize_bilinear_pil,
+from rfstore.stats.netdissect import (Annotation, Tally, best_labels, iou, label_totals, resize_bilinear_pil,
                                      unit_masks)
-from rfstore.core.quantile import TopQuantile, kept
+from rfstore.stats.quantile import TopQuantile, kept
 from rfstore.datasets.broden import BrodenError, is_broden, read_broden
 from rfstore.models import ModelSpec
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.netdissect import NetDissectConfig, NotBrodenError, run_netdissect
-from rfstore.stages.netdissect_export import export_tally, tally_columns
-from rfstore.stages.progress import Plan, StageProgress
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.netdissect import NetDissectConfig, NotBrodenError, run_netdissect
+from rfstore.pipeline.stages.netdissect_export import export_tally, tally_columns
+from rfstore.recorded.progress import Plan, StageProgress
 from rfstore.store import open_store
 
 HALF_NET = f"{TESTS / 'broden_fixtures.py'}:tiny_alexnet_half"
@@ -308,7 +308,7 @@ def test_xarray_opens_every_group_without_a_warning(dissected: Path) -> None:
 
         with rfstore.open(dissected)[NETWORK].netdissect("features.7") as ds:  # the notebook API's view
             assert ds["score"].dims == ("unit",)
-    from rfstore.stages.topk import TopKConfig, run_topk
+    from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 
     with open_store(dissected, "a") as store:  # a later stage adds arrays: xarray sees them, still quietly
         run_topk(NetworkContext.open(store), TopKConfig(k=2))
@@ -408,7 +408,7 @@ def test_cli_split_categories_and_errors(broden: Path, tmp_path: Path) -> None:
 def test_cluster_gives_the_numbers_of_one_process(broden: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Each block of both passes as a task of a local Dask cluster (two worker processes, ~1 min)."""
-    from rfstore.stages.cluster import ClusterSpec, session
+    from rfstore.pipeline.cluster import ClusterSpec, session
     from rfstore.store import layout
 
     monkeypatch.setattr(layout, "IMAGE_BLOCK", 3)  # 10 images: 4 blocks, the last of one image

@@ -19,7 +19,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from rfstore.cli.app import app
-from rfstore.core.rf_theory import theoretical_receptive_fields
+from rfstore.rf.theory import theoretical_receptive_fields
 from rfstore.datasets import Preprocessing
 from rfstore.models import (
     InputChannelsError,
@@ -32,11 +32,11 @@ from rfstore.models import (
     pick_output,
     select_layers,
 )
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext, load_images
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.topk import TopKConfig, run_topk
-from rfstore.stages.validate import ValidateConfig, run_validate
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext, load_images
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk
+from rfstore.pipeline.stages.validate import ValidateConfig, run_validate
 from rfstore.store import open_store
 
 HERE = Path(__file__).resolve()
@@ -380,7 +380,7 @@ def test_one_channel_network_end_to_end(tmp_path: Path, folder: Path) -> None:
         act_max = st.read("gray_net/act/act_max")
         np.testing.assert_allclose(act_max[[0, 4]], expected.numpy(), rtol=1e-6, atol=1e-6)
         assert (st.read("gray_net/act/topk_value")[:, 0] == act_max.max(axis=0)).all()
-        from rfstore.report.data import ImageCache
+        from rfstore.results.layers import ImageCache
 
         pixels = ImageCache(ctx)(4)  # the report's pictures: the grayscale input, drawn gray
         assert pixels.shape == (SIZE, SIZE, 3)

@@ -9,12 +9,12 @@ import numpy as np
 from conftest import TESTS
 from rfstore.datasets import Preprocessing
 from rfstore.models import ModelSpec
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.occlude import OccludeConfig
-from rfstore.stages.plan import format_plan, plan_run
-from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.occlude import OccludeConfig
+from rfstore.pipeline.plan import format_plan, plan_run
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 from rfstore.store import open_store
 from test_cli import cli
 

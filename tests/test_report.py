@@ -25,16 +25,16 @@ from rfstore.cli import app
 from rfstore.datasets import Preprocessing
 from rfstore.models import ModelSpec
 from rfstore.report import figures
-from rfstore.report.data import ImageCache, LayerInfo, LayerReader, UnitData
-from rfstore.stages.activations import ActivationsConfig, run_activations
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.init import InitConfig, run_init
-from rfstore.stages.occlude import OccludeConfig, run_occlude
-from rfstore.stages.report import ReportConfig, run_report
-from rfstore.stages.rf import RFConfig, run_rf
+from rfstore.results.layers import ImageCache, LayerInfo, LayerReader, UnitData
+from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.stages.init import InitConfig, run_init
+from rfstore.pipeline.stages.occlude import OccludeConfig, run_occlude
+from rfstore.report.build import ReportConfig, run_report
+from rfstore.pipeline.stages.rf import RFConfig, run_rf
 from rfstore.results.table import table1
-from rfstore.stages.segment import SegmentConfig, run_segment
-from rfstore.stages.topk import TopKConfig, run_topk
+from rfstore.pipeline.stages.segment import SegmentConfig, run_segment
+from rfstore.pipeline.stages.topk import TopKConfig, run_topk
 from rfstore.store import ArraySpec, open_store
 
 TINY_ALEXNET = "rfstore.demo.network:tiny_alexnet"

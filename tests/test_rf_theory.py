@@ -1,4 +1,4 @@
-"""Tests of rfstore.core.rf_theory: published values and an independent gradient measurement."""
+"""Tests of rfstore.rf.theory: published values and an independent gradient measurement."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from rfstore.core.rf_theory import (
+from rfstore.rf.theory import (
     ReceptiveField,
     ReceptiveFieldError,
     describe_table,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rfstore.core.spatial import spatial_summary
+from rfstore.stats.spatial import spatial_summary
 
 
 def reference(activation: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -23,8 +23,8 @@ BlockImages = Annotated[int | None, typer.Option(
 
 def _match(store_path: Path, names: list[str], force: bool, block: int | None) -> None:
     from rfstore.cli.method_commands import unit_ticker
-    from rfstore.stages.compare import run_match
-    from rfstore.stages.progress import Plan
+    from rfstore.pipeline.stages.compare import run_match
+    from rfstore.recorded.progress import Plan
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as st:

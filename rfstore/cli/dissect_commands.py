@@ -3,7 +3,7 @@
 ``--method topk`` (the default) scores each unit's segmentations of its top-K
 images against the dataset's concept masks (Zhou et al.'s measure);
 ``--method netdissect`` computes Bau et al.'s dataset-wide IoU on a Broden folder
-(:mod:`rfstore.stages.netdissect`); ``rfstore export --tally DIR`` writes its
+(:mod:`rfstore.pipeline.stages.netdissect`); ``rfstore export --tally DIR`` writes its
 results as NetDissect-Lite's ``tally.csv`` files.
 """
 from __future__ import annotations
@@ -35,8 +35,8 @@ METHODS = ("topk", "netdissect")
 
 
 def dissect_config(layers: str | None = None, min_iou: float | None = None, masks: str = "rf"):
-    from rfstore.core.dissect import DEFAULT_MIN_IOU
-    from rfstore.stages.dissect import DissectConfig
+    from rfstore.stats.iou import DEFAULT_MIN_IOU
+    from rfstore.pipeline.stages.dissect import DissectConfig
 
     with opt.usage_errors():
         return DissectConfig(layers=tuple(opt.split_list(layers)),
@@ -45,8 +45,8 @@ def dissect_config(layers: str | None = None, min_iou: float | None = None, mask
 
 def do_dissect(store_path: Path, network: str | None, config, force: bool, *, optional: bool = False) -> None:
     """Run the stage and say what it found; with ``optional``, a dataset without concepts is a note, not an error."""
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.dissect import has_concepts, run_dissect
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.dissect import has_concepts, run_dissect
     from rfstore.store import open_store
     from rfstore.store.layout import layer_group
 
@@ -77,7 +77,7 @@ def do_dissect(store_path: Path, network: str | None, config, force: bool, *, op
 
 def netdissect_config(layers: str | None, min_iou: float, split: str | None, categories: str | None, batch_size: int,
                       device: str, workers: int | None, checkpoint_seconds: float):
-    from rfstore.stages.netdissect import NetDissectConfig
+    from rfstore.pipeline.stages.netdissect import NetDissectConfig
 
     return NetDissectConfig(layers=tuple(opt.split_list(layers)), split=split,
                             categories=tuple(opt.split_list(categories)), min_iou=min_iou, batch_size=batch_size,
@@ -87,10 +87,10 @@ def netdissect_config(layers: str | None, min_iou: float, split: str | None, cat
 def do_netdissect(store_path: Path, network: str | None, config, force: bool, client=None) -> None:
     """Run ``dissect --method netdissect`` and say what it found."""
     from rfstore.cli.app import progress_bar
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.netdissect import run_netdissect
-    from rfstore.stages.netdissect_export import detector_summary
-    from rfstore.stages.progress import Plan
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.netdissect import run_netdissect
+    from rfstore.pipeline.stages.netdissect_export import detector_summary
+    from rfstore.recorded.progress import Plan
     from rfstore.store import open_store
     from rfstore.store.layout import netdissect_group
 
@@ -155,8 +155,8 @@ def export(
     network: opt.Network = None,
 ) -> None:
     """Write the netdissect results as NetDissect-Lite's tally.csv files."""
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.netdissect_export import export_tally
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.netdissect_export import export_tally
     from rfstore.store import open_store
 
     with open_store(store, "r") as st:

@@ -42,7 +42,7 @@ def unit_ticker(description: str, unit: str = "unit") -> Callable[[int], Callabl
 
 def occlude_config(layers: str | None, units: str | None, size: int, stride: int, fill: str, seed: int,
                    device: str, batch_size: int, dtype: str = "float32"):
-    from rfstore.stages.occlude import OccludeConfig
+    from rfstore.pipeline.stages.occlude import OccludeConfig
 
     with opt.usage_errors():
         return OccludeConfig(size=size, stride=stride, fill=fill, seed=seed, layers=tuple(opt.split_list(layers)),
@@ -50,8 +50,8 @@ def occlude_config(layers: str | None, units: str | None, size: int, stride: int
 
 
 def do_occlude(store_path: Path, network: str | None, config, force: bool, client=None) -> None:
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.occlude import run_occlude
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.occlude import run_occlude
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as store:
@@ -66,9 +66,9 @@ def do_occlude(store_path: Path, network: str | None, config, force: bool, clien
 
 
 def do_rf(store_path: Path, network: str | None, config, force: bool, summary: bool) -> None:
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.rf import run_rf
-    from rfstore.stages.rf_summary import format_summary
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.rf import run_rf
+    from rfstore.results.table import format_table1
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as store:
@@ -81,12 +81,12 @@ def do_rf(store_path: Path, network: str | None, config, force: bool, summary: b
         if result.missing:
             say(f"rf: no discrepancy maps yet for {', '.join(result.missing)} ('rfstore occlude')")
         if summary:
-            typer.echo(format_summary(ctx))
+            typer.echo(format_table1(ctx))
 
 
 def do_segment(store_path: Path, network: str | None, config, force: bool) -> None:
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.segment import run_segment
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.segment import run_segment
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as store:
@@ -133,7 +133,7 @@ def rf(
     wait: opt.Wait = False,
 ) -> None:
     """Empirical receptive fields: re-centre and average each unit's maps; their sizes."""
-    from rfstore.stages.rf import RFConfig
+    from rfstore.pipeline.stages.rf import RFConfig
 
     do_rf(store, network, RFConfig(threshold=threshold, method=method, layers=tuple(opt.split_list(layers)),
                                    device=device), force, summary)
@@ -149,6 +149,6 @@ def segment(
     wait: opt.Wait = False,
 ) -> None:
     """Segmentations: each unit's empirical RF placed on its top images (and NetDissect masks with --maps)."""
-    from rfstore.stages.segment import SegmentConfig
+    from rfstore.pipeline.stages.segment import SegmentConfig
 
     do_segment(store, network, SegmentConfig(layers=tuple(opt.split_list(layers))), force)

@@ -66,7 +66,7 @@ ClassMap = Annotated[str | None, typer.Option(help="Folder name to output index,
 
 def _check_cluster(ctx: typer.Context, value: str | None) -> str | None:
     if value is not None:
-        from rfstore.stages.cluster import parse_local
+        from rfstore.pipeline.cluster import parse_local
 
         try:
             parse_local(value)
@@ -109,7 +109,7 @@ def cluster_session(store: Path, cluster: str | None, scheduler: str | None) -> 
         yield None
         return
     from rfstore.cli.app import say
-    from rfstore.stages.cluster import ClusterSpec, session
+    from rfstore.pipeline.cluster import ClusterSpec, session
 
     spec = ClusterSpec.from_options(cluster, scheduler)
     with session(store, spec) as client:

@@ -66,9 +66,9 @@ def run(
                           "it would store (as 'rfstore plan').")] = False,
 ) -> None:
     """Run every stage in order (init, activations, topk, occlude, rf, segment, dissect[, report]), skipping what is done."""
-    from rfstore.stages.rf import RFConfig
-    from rfstore.stages.segment import SegmentConfig
-    from rfstore.stages.topk import TopKConfig
+    from rfstore.pipeline.stages.rf import RFConfig
+    from rfstore.pipeline.stages.segment import SegmentConfig
+    from rfstore.pipeline.stages.topk import TopKConfig
 
     if dry_run:
         occlude = mc.occlude_config(None, units, size, stride, fill, noise_seed, device, occlude_batch_size)
@@ -81,7 +81,7 @@ def run(
         return
 
     if cluster is not None or scheduler is not None:
-        from rfstore.stages.cluster import require_zarr
+        from rfstore.pipeline.cluster import require_zarr
 
         require_zarr(store)  # before init: a distributed run stops before doing anything
     if model is not None or data is not None:
@@ -109,9 +109,9 @@ def _plan(store: Path, network: str | None, init, occlude, k: int, maps: tuple[s
     import shutil
     import tempfile
 
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.init import run_init
-    from rfstore.stages.plan import format_plan, plan_run
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.init import run_init
+    from rfstore.pipeline.plan import format_plan, plan_run
     from rfstore.store import open_store
 
     if init is None and not _recorded(store):
@@ -137,7 +137,7 @@ def _plan(store: Path, network: str | None, init, occlude, k: int, maps: tuple[s
 
 def _report(store: Path, out: Path, network: str | None) -> Path:
     from rfstore.cli.method_commands import unit_ticker
-    from rfstore.stages.report import ReportConfig, run_report
+    from rfstore.report.build import ReportConfig, run_report
     from rfstore.store import open_store
 
     with open_store(store, "r") as st:

@@ -37,7 +37,7 @@ def report(
 ) -> None:
     """Static HTML report (opens from disk): per network Table 1 and RF-vs-depth, a page per layer and per unit."""
     from rfstore.cli.method_commands import unit_ticker
-    from rfstore.stages.report import ReportConfig, run_report
+    from rfstore.report.build import ReportConfig, run_report
     from rfstore.store import open_store
 
     config = ReportConfig(out=out, network=network, layers=tuple(opt.split_list(layers)),
@@ -64,7 +64,7 @@ def show(
     scale: Scale = None,
 ) -> None:
     """One unit's picture for papers: top-K montage with overlays, discrepancy maps, empirical RF."""
-    from rfstore.stages.report import ShowConfig, run_show
+    from rfstore.report.build import ShowConfig, run_show
     from rfstore.store import open_store
 
     with open_store(store, "r") as st:

@@ -36,7 +36,7 @@ def init_config(model: str, data: Path, weights: str | None, seed: int, trust_pi
                 preprocess: str | None, resize: int | None, crop: int | None, mean: str | None, std: str | None,
                 layers: str | None, channels: int | None = None, split: str | None = None):
     from rfstore.models import ModelSpec
-    from rfstore.stages.init import InitConfig
+    from rfstore.pipeline.stages.init import InitConfig
 
     spec = ModelSpec(model, weights, seed, trust_pickle)
     preprocessing = _preprocessing(preprocess, resize, crop, mean, std)
@@ -46,7 +46,7 @@ def init_config(model: str, data: Path, weights: str | None, seed: int, trust_pi
 
 
 def do_init(store_path: Path, config, force: bool) -> None:
-    from rfstore.stages.init import run_init
+    from rfstore.pipeline.stages.init import run_init
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as store:
@@ -61,9 +61,9 @@ def do_init(store_path: Path, config, force: bool) -> None:
 
 
 def do_activations(store_path: Path, network: str | None, config, force: bool, client=None) -> None:
-    from rfstore.stages.activations import run_activations
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.progress import Plan
+    from rfstore.pipeline.stages.activations import run_activations
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.recorded.progress import Plan
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as store:
@@ -82,9 +82,9 @@ def do_activations(store_path: Path, network: str | None, config, force: bool, c
 
 
 def do_topk(store_path: Path, network: str | None, config, force: bool, client=None) -> None:
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.progress import Plan
-    from rfstore.stages.topk import run_topk
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.recorded.progress import Plan
+    from rfstore.pipeline.stages.topk import run_topk
     from rfstore.store import open_store
 
     with open_store(store_path, "a") as store:
@@ -123,7 +123,7 @@ def init(
 
 def activations_config(batch_size: int, device: str, workers: int | None, maps: str | None,
                        memory_format: str = "auto"):
-    from rfstore.stages.activations import ActivationsConfig
+    from rfstore.pipeline.stages.activations import ActivationsConfig
 
     with opt.usage_errors():
         return ActivationsConfig(batch_size=batch_size, device=device, num_workers=workers,
@@ -164,7 +164,7 @@ def topk(
     scheduler: opt.Scheduler = None,
 ) -> None:
     """Each unit's K most activating images, with values and argmax positions."""
-    from rfstore.stages.topk import TopKConfig
+    from rfstore.pipeline.stages.topk import TopKConfig
 
     config = TopKConfig(k=k, measure=measure)
     with opt.cluster_session(store, cluster, scheduler) as client:
@@ -185,8 +185,8 @@ def validate(
     wait: opt.Wait = False,
 ) -> None:
     """Accuracy and confusion matrix of the network on the labelled image folder."""
-    from rfstore.stages.context import NetworkContext
-    from rfstore.stages.validate import ValidateConfig, format_report, run_validate
+    from rfstore.recorded.network import NetworkContext
+    from rfstore.pipeline.stages.validate import ValidateConfig, format_report, run_validate
     from rfstore.store import open_store
 
     config = ValidateConfig(class_map=opt.parse_class_map(class_map), output=output, batch_size=batch_size,
@@ -200,7 +200,7 @@ def validate(
 @handle_errors
 def status(store: opt.StorePath, network: opt.Network = None) -> None:
     """What the store holds: networks, layers, stages done, unreadable images."""
-    from rfstore.stages.status import format_status
+    from rfstore.results.status import format_status
     from rfstore.store import open_store
 
     with open_store(store, "r") as st:
@@ -219,7 +219,7 @@ def rf_theory(
     channels: opt.Channels = None,
 ) -> None:
     """Print the theoretical receptive fields of a network's layers (no store needed)."""
-    from rfstore.core.rf_theory import describe_table, theoretical_receptive_fields
+    from rfstore.rf.theory import describe_table, theoretical_receptive_fields
     from rfstore.models import ModelSpec, input_channels, load_model, select_layers
 
     if channels is not None and channels not in (1, 3):

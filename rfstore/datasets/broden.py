@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rfstore.core.netdissect import Annotation
+from rfstore.stats.netdissect import Annotation
 from rfstore.datasets.image_folder import ImageFolderIndex, SkippedFile
 from rfstore.datasets.paths import UnsafeImagePathError, check_relative_path
 from rfstore.errors import RfstoreError

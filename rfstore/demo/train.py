@@ -33,8 +33,8 @@ from torch import nn
 
 from rfstore.demo.network import TinyAlexNet
 from rfstore.demo.scenes import CLASSES, scene_arrays
-from rfstore.stages.context import parameters_digest
-from rfstore.stages.devices import torch_threads
+from rfstore.recorded.network import parameters_digest
+from rfstore.pipeline.devices import torch_threads
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 * :mod:`rfstore.models.spec`: :class:`ModelSpec`, :func:`load_model`.
 * :mod:`rfstore.models.selection`: :func:`select_layers` (default layers, patterns, types).
-* :mod:`rfstore.models.layers`: :func:`probe_layers`.
+* :mod:`rfstore.models.probe`: :func:`probe_layers`.
 * :mod:`rfstore.models.inputs`: :func:`input_channels` (grayscale or RGB, from the model).
 * :mod:`rfstore.models.outputs`: :func:`named_outputs`, :func:`choose_output` (several outputs).
 * :mod:`rfstore.models.features`: :class:`FeatureExtractor`.
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .features import FeatureExtractor
 from .inputs import InputChannelsError, input_channels
-from .layers import LayerInfo, LayerSelectionError, probe_layers
+from .layers import LayerSelectionError
+from .probe import LayerInfo, probe_layers
 from .outputs import OutputChoiceError, choose_output, named_outputs, pick_output
 from .selection import ACTIVATION_TYPES, select_layers
 from .spec import LoadedModel, ModelLoadError, ModelSpec, UntrustedPickleError, load_model

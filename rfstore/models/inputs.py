@@ -18,7 +18,7 @@ from torch import nn
 from rfstore.errors import RfstoreError
 
 from ._errors import short_error
-from .layers import _device_of, _eval_mode
+from .probe import device_of, eval_mode
 
 __all__ = ["SUPPORTED_CHANNELS", "InputChannelsError", "first_conv_channels", "input_channels", "probe_forward"]
 
@@ -49,8 +49,8 @@ def first_conv_channels(model: nn.Module) -> tuple[str, int] | None:
 
 def probe_forward(model: nn.Module, input_shape: tuple[int, int, int]) -> Any:
     """The model's output on one ``(1, *input_shape)`` zero input, in eval mode (flags restored)."""
-    dummy = torch.zeros((1, *input_shape), device=_device_of(model))
-    with _eval_mode(model), torch.inference_mode():
+    dummy = torch.zeros((1, *input_shape), device=device_of(model))
+    with eval_mode(model), torch.inference_mode():
         return model(dummy)
 
 

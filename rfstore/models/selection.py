@@ -25,7 +25,7 @@ Rules
 * When the input shape is known, patterns, types and the default keep only the
   modules that can be recorded: those that run in a forward pass and return a
   2-D ``(N, F)`` or 4-D ``(N, C, H, W)`` tensor (at their last call). Names given
-  exactly are kept as they are (:func:`~rfstore.models.layers.probe_layers`
+  exactly are kept as they are (:func:`~rfstore.models.probe.probe_layers`
   then says what is wrong with them).
 * A pattern or type that selects nothing, or a default that finds no activation
   module, is an error listing the candidate modules (name, type, output shape).
@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import LayerSelectionError, _device_of, _eval_mode, resolve_layers
+from .layers import LayerSelectionError, resolve_layers
+from .probe import device_of, eval_mode
 
 __all__ = ["ACTIVATION_TYPES", "Candidate", "is_activation", "module_candidates", "select_layers", "type_name"]
 
@@ -117,8 +118,8 @@ def module_candidates(model: nn.Module, input_shape: tuple[int, int, int]) -> di
         for name, module in named:
             if not isinstance(module, torch.jit.ScriptModule):
                 handles.append(module.register_forward_hook(hook_for(name)))
-        dummy = torch.zeros((1, *input_shape), device=_device_of(model))
-        with _eval_mode(model), torch.inference_mode():
+        dummy = torch.zeros((1, *input_shape), device=device_of(model))
+        with eval_mode(model), torch.inference_mode():
             model(dummy)
     finally:
         for handle in handles:

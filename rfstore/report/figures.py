@@ -10,8 +10,8 @@
   theoretical RF box and the thresholded empirical RF's outline.
 * :func:`unit_sheet`: all three with a title line, for ``rfstore show``.
 
-Every function takes a :class:`~rfstore.report.data.UnitData` and a function
-``image -> (H, W, 3) uint8 or None`` (e.g. :class:`~rfstore.report.data.ImageCache`),
+Every function takes a :class:`~rfstore.results.layers.UnitData` and a function
+``image -> (H, W, 3) uint8 or None`` (e.g. :class:`~rfstore.results.layers.ImageCache`),
 and returns a :class:`PIL.Image.Image` (RGB), or None when there is nothing to draw.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from rfstore.core.rf_empirical import rf_box, rf_mask
-from rfstore.report.data import UnitData
+from rfstore.rf.empirical import rf_box, rf_mask
+from rfstore.results.layers import UnitData
 
 Pixels = Callable[[int], "np.ndarray | None"]
 
@@ -198,7 +198,7 @@ def pixel_discrepancy(unit: UnitData) -> np.ndarray | None:
     """``(K, H, W)`` discrepancy per pixel (mean over the covering occluder windows), NaN for missing ranks."""
     if unit.discrepancy is None or unit.info.occluder is None:
         return None
-    from rfstore.core.rf_empirical import discrepancy_to_pixels
+    from rfstore.rf.empirical import discrepancy_to_pixels
 
     size, stride = unit.info.occluder
     pixels = discrepancy_to_pixels(unit.discrepancy, size, stride, unit.info.input_hw)

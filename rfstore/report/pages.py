@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from rfstore.report.data import LayerTable, UnitData
+from rfstore.results.layers import LayerTable, UnitData
 from rfstore.results.compare import Comparison
 from rfstore.results.table import LayerRow
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfstore.report.data import LayerTable
+from rfstore.results.layers import LayerTable
 from rfstore.results.compare import Comparison
 
 

@@ -1,6 +1,6 @@
 """Read-side results of a store: Zhou's Table 1 per network, networks side by side, unit pairings.
 
-Imports only :mod:`rfstore.store`, :mod:`rfstore.stages.context`, :mod:`rfstore.stages.progress` and
+Imports only :mod:`rfstore.store`, :mod:`rfstore.recorded.network`, :mod:`rfstore.recorded.progress` and
 numpy (no torch, no report, no CLI), so that the report, the CLI and notebooks share one reading of a store.
 
 - :mod:`rfstore.results.table`: Table 1 of one network, relative depth;

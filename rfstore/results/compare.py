@@ -20,7 +20,7 @@ import numpy as np
 
 from rfstore.errors import RfstoreError
 from rfstore.results.table import COLUMNS, LayerRow, pad, row_cells, table1
-from rfstore.stages.context import NetworkContext, find_network
+from rfstore.recorded.network import NetworkContext, find_network
 from rfstore.store import Store
 
 

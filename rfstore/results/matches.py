@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.progress import StageProgress
+from rfstore.recorded.network import NetworkContext
+from rfstore.recorded.progress import StageProgress
 from rfstore.store import Store
 from rfstore.store.layout import MATCH_GROUP, layer_group, match_group
 

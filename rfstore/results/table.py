@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfstore.stages.context import NetworkContext
+from rfstore.recorded.network import NetworkContext
 from rfstore.store.layout import layer_group
 
 

@@ -28,7 +28,7 @@ as ``STORE.h5-journal``:
    past the committed end need no copy. Cost: the pages a checkpoint rewrites
    (metadata, rewritten chunks), never the whole file.
 2. :meth:`HDF5Store.flush`, which every stage calls after writing a block and
-   again after flagging it done (:mod:`rfstore.stages.progress`), flushes HDF5
+   again after flagging it done (:mod:`rfstore.recorded.progress`), flushes HDF5
    (the file is then complete and consistent), fsyncs it and truncates the journal
    to zero bytes: that truncation is the atomic commit.
 3. A non-empty journal is the dirty marker. The next process that opens the store

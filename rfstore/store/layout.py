@@ -175,7 +175,7 @@ def whole(shape: tuple[int, ...]) -> tuple[int, ...]:
 def netdissect_specs(n_units: int, n_labels: int, n_categories: int) -> dict[str, ArraySpec]:
     """``dissect --method netdissect``, per layer; coordinates ``concept`` (label numbers), ``category`` (names).
 
-    Counts over the dataset (:mod:`rfstore.core.netdissect`): ``threshold`` (unit), ``truth`` (concept),
+    Counts over the dataset (:mod:`rfstore.stats.netdissect`): ``threshold`` (unit), ``truth`` (concept),
     ``intersect`` (unit, concept), ``activation`` (unit, category); scores: ``iou`` (unit, concept),
     per category ``category_concept`` / ``category_label`` / ``category_iou`` (unit, category), and the
     unit's best ``label_concept`` / ``label`` / ``label_category`` / ``score`` / ``detector`` (unit).

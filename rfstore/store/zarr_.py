@@ -3,7 +3,7 @@
 Arrays carry ``dimension_names`` in their metadata, which is what
 ``xarray.open_zarr(path, group=...)`` reads. Chunks that hold only the fill
 value are not written by Zarr, so completion is never inferred from chunk
-presence: stages record it explicitly (:mod:`rfstore.stages.progress`).
+presence: stages record it explicitly (:mod:`rfstore.recorded.progress`).
 
 Consolidated metadata. xarray first looks for the metadata of the whole
 hierarchy consolidated in the root ``zarr.json`` and, without it, warns and

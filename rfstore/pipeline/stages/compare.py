@@ -25,8 +25,8 @@ from rfstore.errors import MissingInputError
 from rfstore.results.compare import NotComparableError, compare_networks, same_images
 from rfstore.results.correlate import act_max_rows, best_matches, correlate_layers
 from rfstore.results.matches import activations_token
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.progress import Plan, StageProgress, fingerprint
+from rfstore.recorded.network import NetworkContext
+from rfstore.recorded.progress import Plan, StageProgress, fingerprint
 from rfstore.store import Store
 from rfstore.store.layout import MATCH_GROUP, layer_group, match_group, match_specs, write_coordinate
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rfstore.errors import MissingInputError
-from rfstore.stages.context import NetworkContext
+from rfstore.recorded.network import NetworkContext
 from rfstore.store.layout import netdissect_group
 
 

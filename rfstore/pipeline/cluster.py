@@ -28,8 +28,8 @@ from rfstore.store import backend_for
 RETRIES = 2
 #: modules a local worker imports before it joins (torch and torchvision take seconds), so that
 #: a worker restarted after a crash gets no task before it is ready.
-WORKER_PRELOAD = ("rfstore.stages.distributed", "rfstore.stages.activations", "rfstore.stages.occlude",
-                  "rfstore.stages.netdissect")
+WORKER_PRELOAD = ("rfstore.pipeline.worker", "rfstore.pipeline.stages.activations", "rfstore.pipeline.stages.occlude",
+                  "rfstore.pipeline.stages.netdissect")
 #: how long a local cluster waits for a crashed worker to come back before giving it up for good
 #: (Dask's default, 15 s, is less than a loaded machine needs to restart a worker that imports torch).
 LOST_WORKER_TIMEOUT = "10 minutes"

@@ -8,7 +8,7 @@ str, their names; ``concept_category`` (concept) str, their category over every 
 Pass 1 (``netdissect-quantile``) checkpoints, in its bookkeeping group: two slots
 ``slot0``, ``slot1``, each ``blocks`` (block) uint8, the image blocks folded into it,
 and per layer ``top`` (unit, kept) float32 and ``count`` (one) int64, a
-:class:`~rfstore.core.quantile.TopQuantile` state. A save writes the slot whose
+:class:`~rfstore.stats.quantile.TopQuantile` state. A save writes the slot whose
 ``blocks`` differ from the stage's done flags: ``blocks`` first set invalid (2),
 then the state, then ``blocks``, and only then the done flags; so the slot whose
 ``blocks`` equal the done flags is always a complete state of exactly those blocks,
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rfstore.core.netdissect import Tally
-from rfstore.core.quantile import TopQuantile
+from rfstore.stats.netdissect import Tally
+from rfstore.stats.quantile import TopQuantile
 from rfstore.datasets.broden import BrodenDataset
 from rfstore.errors import RfstoreError
 from rfstore.store import ArraySpec, Store

@@ -29,10 +29,10 @@ from rfstore.datasets import ImageFolderDataset
 from rfstore.errors import RfstoreError
 from rfstore.models import choose_output, named_outputs, pick_output
 from rfstore.models.inputs import probe_forward
-from rfstore.stages.activations import default_workers
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.devices import exact_float32, resolve_device
-from rfstore.stages.progress import StageProgress, fingerprint
+from rfstore.pipeline.stages.activations import default_workers
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.devices import exact_float32, resolve_device
+from rfstore.recorded.progress import StageProgress, fingerprint
 from rfstore.store import ArraySpec
 from rfstore.store.layout import write_coordinate
 

@@ -5,7 +5,7 @@ network its attrs, ``image_path`` and the images themselves (from the dataset
 root, through the recorded preprocessing); per layer its attrs, ``topk_*``,
 ``discrepancy``, ``rf_map``, ``rf_size``, ``seg_mask``, ``seg_mask_dissect`` and
 dissect's ``concept``, ``iou``, ``concept_iou``, ``iou_chance`` where present
-(:mod:`rfstore.report.data`). Writes nothing to the store; writes the report
+(:mod:`rfstore.results.layers`). Writes nothing to the store; writes the report
 folder laid out as in :mod:`rfstore.report.pages` (plus ``.rfstore-report``,
 the list of what it wrote, so that a later report replaces exactly that), or
 one picture file for ``show``.
@@ -24,11 +24,11 @@ import numpy as np
 
 from rfstore.errors import RfstoreError
 from rfstore.report import figures, pages, plots
-from rfstore.report.data import ImageCache, LayerReader, LayerTable, UnitData
+from rfstore.results.layers import ImageCache, LayerReader, LayerTable, UnitData
 from rfstore.results.compare import compare_networks, network_names
 from rfstore.results.table import table1
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.status import describe_weights
+from rfstore.recorded.network import NetworkContext
+from rfstore.results.status import describe_weights
 from rfstore.store import Store
 
 MARKER = ".rfstore-report"
@@ -218,7 +218,7 @@ def _comparison(store: Store, sections: list[pages.NetworkSection], out: Path,
 
 def _one_thread() -> AbstractContextManager[None]:
     """torch on one thread while drawing: its few small ops cost more in thread hand-offs than they gain."""
-    from rfstore.stages.devices import torch_threads
+    from rfstore.pipeline.devices import torch_threads
 
     return torch_threads(1)
 

@@ -184,7 +184,7 @@ def _pixel_overlap(flat_masks: torch.Tensor, pixels: np.ndarray, n_labels: int) 
     """The labels present in ``pixels`` ``(layers, sh, sw)`` and ``(U, P)`` int64 mask pixels on each.
 
     Counted as ``masks (U, S) @ one-hot (S, P)`` per layer in float32, which is exact for
-    counts below 2**24 (and TF32 must be off: :func:`rfstore.stages.devices.exact_float32`).
+    counts below 2**24 (and TF32 must be off: :func:`rfstore.pipeline.devices.exact_float32`).
     """
     layers = pixels.reshape(pixels.shape[0], flat_masks.shape[1])
     _check_labels(layers, n_labels)

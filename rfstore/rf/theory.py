@@ -14,7 +14,7 @@ first pixel ``lo`` and spacing ``jump``::
 Internally everything is kept as integers (``lo``, ``size``, ``jump``); the
 centre of unit 0 is ``lo + (size - 1) / 2``. See Araujo, Norris & Sim,
 "Computing Receptive Fields of Convolutional Neural Networks", Distill 2019.
-The per-operation rules live in :mod:`rfstore.core.rf_propagation`.
+The per-operation rules live in :mod:`rfstore.rf.propagation`.
 
 Assumptions, stated once:
 
@@ -38,7 +38,7 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from rfstore.core.rf_propagation import Axis, Failure, Map, ReceptiveFieldError, State, Vector, describe_node, propagate
+from rfstore.rf.propagation import Axis, Failure, Map, ReceptiveFieldError, State, Vector, describe_node, propagate
 
 __all__ = ["ReceptiveField", "ReceptiveFieldError", "describe_table", "theoretical_receptive_fields"]
 

@@ -13,13 +13,14 @@ thread while the next one computes, so at most two are held. Batches never
 straddle two blocks (each block is cut into batches from its first image), so
 every image is computed in
 the same batch whether the run is fresh, resumed, or split over a Dask cluster
-(``client``, see :mod:`rfstore.stages.distributed`), which makes all three give
+(``client``, see :mod:`rfstore.pipeline.worker`), which makes all three give
 the same bits.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -28,15 +29,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rfstore.core.spatial import spatial_summary
+from rfstore.stats.spatial import spatial_summary
 from rfstore.datasets import ImageFolderDataset
 from rfstore.errors import RfstoreError
 from rfstore.models import FeatureExtractor
-from rfstore.stages.context import NetworkContext, ParameterCheck
-from rfstore.stages.devices import channels_last_for, exact_float32, resolve_device
-from rfstore.stages.writer import BackgroundWriter
-from rfstore.stages.progress import Plan, StageProgress, fingerprint
-from rfstore.store import layout
+from rfstore.recorded.network import NetworkContext, ParameterCheck
+from rfstore.pipeline.cluster import Task, completed, require_zarr
+from rfstore.pipeline.devices import channels_last_for, exact_float32, resolve_device
+from rfstore.pipeline.worker import WorkerContext, check_generation, stage_generation, store_location
+from rfstore.pipeline.writer import BackgroundWriter
+from rfstore.recorded.progress import Plan, StageProgress, fingerprint
+from rfstore.store import layout, open_store_for_worker
 from rfstore.store.layout import activation_map_spec, activation_specs, image_specs, layer_group, n_blocks
 
 STAGE_VERSION = 2  # 2: summaries by a whole-map max pool; memory format
@@ -143,8 +146,6 @@ def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool 
     """
     store, network = ctx.store, ctx.network
     if client is not None:
-        from rfstore.stages.cluster import require_zarr
-
         require_zarr(store.path)
     maps = ctx.check_layers(list(config.maps)) if config.maps else []
     tracker = StageProgress(store, network, "activations")
@@ -177,7 +178,6 @@ def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool 
     blocks = _blocks(todo, ctx.n_images, block)
     indices = [i for _, start, stop in blocks for i in range(start, stop)]
     if indices and client is not None:
-        from rfstore.stages.distributed import activations_on_cluster
 
         activations_on_cluster(client, ctx, config, tracker, blocks, units, map_shapes, progress)
         result.images_done = len(indices)
@@ -317,3 +317,43 @@ def unreadable_images(ctx: NetworkContext) -> list[tuple[str, str]]:
     bad = np.flatnonzero(errors != "")
     paths = ctx.image_paths()
     return [(str(paths[i]), str(errors[i])) for i in bad]
+
+
+# -- on a Dask cluster -------------------------------------------------------------
+def activations_task(store_path: str, network: str, config: Any, generation: str, block: tuple[int, int, int],
+                     units: dict[str, int], map_shapes: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """Worker: compute one block of images and write its rows; returns (block id, images)."""
+    block_id, start, stop = block
+    with open_store_for_worker(store_path) as store:
+        ctx = WorkerContext(store, network)
+
+        def write(_: int, buffer: Any) -> None:
+            check_generation(store, network, "activations", None, generation)
+            write_block_arrays(ctx, buffer)
+
+        # DataLoader worker processes cannot start inside a Dask worker (a daemon process)
+        _stream(ctx, dataclasses.replace(config, num_workers=0), None, [block], list(range(start, stop)),
+                units, map_shapes, None, write)
+    return block_id, stop - start
+
+
+def activations_on_cluster(client: Any, ctx: NetworkContext, config: Any, tracker: StageProgress,
+                           blocks: list[tuple[int, int, int]], units: dict[str, int],
+                           map_shapes: dict[str, tuple[int, int]], progress: Callable | None) -> None:
+    """Client: one task per block still to do; flag each block done when its task returns.
+
+    ``progress`` is the one-process stage's wrapper of an iterator of batches
+    (it counts ``len(batch[0])`` images); here each item is a finished block.
+    """
+    path, generation = store_location(ctx.store), stage_generation(tracker)
+    tasks = [Task(f"activations-block{block[0]}", activations_task,
+                  (path, ctx.network, config, generation, block, units, map_shapes)) for block in blocks]
+
+    def finished() -> Iterator[tuple[range]]:
+        for block_id, n_images in completed(client, tasks):
+            tracker.mark_done(block_id)
+            yield (range(n_images),)
+
+    stream = finished() if progress is None else progress(finished(), sum(stop - start for _, start, stop in blocks))
+    for _ in stream:
+        pass

@@ -1,5 +1,5 @@
 """How each operation of a traced network moves a receptive field: the rules behind
-:func:`rfstore.core.rf_theory.theoretical_receptive_fields`.
+:func:`rfstore.rf.theory.theoretical_receptive_fields`.
 
 Every fx node gets a state: a spatial map (per axis: the first input pixel unit 0
 covers, the field's size and the jump between units, and where the y and x axes

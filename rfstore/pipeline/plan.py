@@ -21,9 +21,9 @@ import torch
 
 from rfstore.occlusion import OcclusionEngine, OcclusionTarget
 from rfstore.occlusion.cost import FORWARD_COST, pass_cost
-from rfstore.stages.context import NetworkContext, load_images
-from rfstore.stages.occlude import OccludeConfig, layer_geometry, selected_units
-from rfstore.stages.progress import StageProgress
+from rfstore.recorded.network import NetworkContext, load_images
+from rfstore.pipeline.stages.occlude import OccludeConfig, layer_geometry, selected_units
+from rfstore.recorded.progress import StageProgress
 from rfstore.store.layout import layer_group, rf_specs
 
 __all__ = ["Machine", "PlanRow", "RunPlan", "calibrate", "plan_run", "DAY"]
@@ -196,7 +196,7 @@ def _io_seconds(ctx: NetworkContext) -> tuple[float, float, float, float]:
 
 
 def _rf_seconds(ctx: NetworkContext, layers: list[str], config: OccludeConfig, k: int) -> dict[str, float]:
-    from rfstore.core.rf_empirical import unit_rf_map
+    from rfstore.rf.empirical import unit_rf_map
 
     hw = ctx.input_size
     n_oy, n_ox = (config.occluder.positions(n).size for n in hw)
@@ -213,8 +213,8 @@ def _rf_seconds(ctx: NetworkContext, layers: list[str], config: OccludeConfig, k
 
 
 def _segment_seconds(ctx: NetworkContext, layers: list[str], k: int) -> dict[str, float]:
-    from rfstore.core.rf_empirical import rf_mask, window_radius
-    from rfstore.stages.segment import place_mask
+    from rfstore.rf.empirical import rf_mask, window_radius
+    from rfstore.pipeline.stages.segment import place_mask
 
     out = {}
     for layer in layers:
@@ -272,7 +272,7 @@ def _occlusion_work(ctx: NetworkContext, layers: list[str], config: OccludeConfi
                     k: int) -> tuple[dict[int, list[OcclusionTarget]], dict[str, int], bool]:
     """Targets by image (exact after ``topk``, else one synthetic target per unit), per-layer counts, and
     whether the counts are exact."""
-    from rfstore.stages.occlude import layer_work
+    from rfstore.pipeline.stages.occlude import layer_work
 
     by_image: dict[int, list[OcclusionTarget]] = {}
     counts: dict[str, int] = {}
@@ -295,7 +295,7 @@ def _occlusion_work(ctx: NetworkContext, layers: list[str], config: OccludeConfi
 
 def _pending(ctx: NetworkContext, layer: str, tracker: StageProgress, units: np.ndarray) -> list:
     """The (unit, rank) maps of ``units`` still to compute (read only: nothing is flagged)."""
-    from rfstore.stages.occlude import Work
+    from rfstore.pipeline.stages.occlude import Work
 
     group = layer_group(ctx.network, layer)
     images, ys, xs = (ctx.store.read(f"{group}/topk_{name}") for name in ("image", "y", "x"))
@@ -356,7 +356,7 @@ def _occlude_bound(ctx: NetworkContext, engine: OcclusionEngine, layers: list[st
 
 
 def _rf(ctx: NetworkContext, machine: Machine, layers: list[str], config: OccludeConfig, k: int) -> list[PlanRow]:
-    from rfstore.core.rf_empirical import window_radius
+    from rfstore.rf.empirical import window_radius
 
     rows, seconds = [], 0.0
     n_maps = math.prod(config.occluder.positions(n).size for n in ctx.input_size)
@@ -394,7 +394,7 @@ def _segment(ctx: NetworkContext, machine: Machine, layers: list[str], k: int) -
 
 def _dissect(ctx: NetworkContext, machine: Machine, layers: list[str], k: int) -> list[PlanRow]:
     """``dissect`` (top-K method), when the dataset has concept masks: each unit's segmentations read and scored."""
-    from rfstore.stages.dissect import has_concepts
+    from rfstore.pipeline.stages.dissect import has_concepts
 
     if not has_concepts(ctx):
         return []

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rfstore.core.rf_empirical import DEFAULT_THRESHOLD, rf_size_from_map, unit_rf_map, window_radius
+from rfstore.rf.empirical import DEFAULT_THRESHOLD, rf_size_from_map, unit_rf_map, window_radius
 from rfstore.errors import MissingInputError, RfstoreError
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.progress import Plan, StageProgress, fingerprint
+from rfstore.recorded.network import NetworkContext
+from rfstore.recorded.progress import Plan, StageProgress, fingerprint
 from rfstore.store.layout import layer_group, rf_specs, write_coordinate
 
 STAGE_VERSION = 1
@@ -97,7 +97,7 @@ def run_rf(ctx: NetworkContext, config: RFConfig, force: bool = False) -> RFResu
         if config.method == "occlusion":
             maps = _occlusion_maps(ctx, layer, todo)
         else:
-            from rfstore.stages.rf_gradient import gradient_rf_maps
+            from rfstore.pipeline.stages.rf_gradient import gradient_rf_maps
 
             maps = gradient_rf_maps(ctx, layer, todo, radius, config.device)
         sizes = ctx.store.read(f"{group}/rf_size")

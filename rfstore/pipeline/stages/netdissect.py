@@ -1,18 +1,18 @@
 """Stage ``dissect --method netdissect``: Network Dissection's dataset-wide IoU on a Broden folder.
 
-Bau et al. 2017 as NetDissect-Lite computes it (:mod:`rfstore.core.netdissect`
+Bau et al. 2017 as NetDissect-Lite computes it (:mod:`rfstore.stats.netdissect`
 defines every count): every image of the split that the chosen categories
 annotate goes through the network twice.
 
 1. ``netdissect-quantile``: each unit's 99.5% quantile over every position of
-   every image, exact and streaming (:class:`~rfstore.core.quantile.TopQuantile`:
+   every image, exact and streaming (:class:`~rfstore.stats.quantile.TopQuantile`:
    only the values above it are kept; no activation map is stored).
 2. ``netdissect-tally``: each map resized to its image's segmentation and
    thresholded; intersections, the labels' totals and the per-category
    activation counted per block of images.
 
 Both passes work in blocks of :data:`~rfstore.store.layout.IMAGE_BLOCK` images
-flagged done in the store (:mod:`rfstore.stages.netdissect_store` says how), so
+flagged done in the store (:mod:`rfstore.pipeline.stages.netdissect_store` says how), so
 a killed run resumes with the blocks not done and gives the same numbers; with a
 Dask client each block is a task (:func:`quantile_task`, :func:`tally_task`)
 whose result the client folds in. The quantiles' state is saved at most every
@@ -34,15 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from rfstore.core.netdissect import DETECTOR_IOU, TOP_QUANTILE, best_labels, iou
-from rfstore.core.quantile import TopQuantile
+from rfstore.stats.netdissect import DETECTOR_IOU, TOP_QUANTILE, best_labels, iou
+from rfstore.stats.quantile import TopQuantile
 from rfstore.datasets.broden import BrodenDataset, read_broden
 from rfstore.errors import MissingInputError, RfstoreError
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.devices import resolve_device
-from rfstore.stages.netdissect_passes import Block, DissectionPlan, QuantileWork, TallyWork, run_blocks
-from rfstore.stages.netdissect_store import QuantileCheckpoint, TallyPartials, str_array
-from rfstore.stages.progress import Plan, StageProgress, fingerprint
+from rfstore.recorded.network import NetworkContext
+from rfstore.pipeline.devices import resolve_device
+from rfstore.pipeline.stages.netdissect_passes import Block, DissectionPlan, QuantileWork, TallyWork, run_blocks
+from rfstore.pipeline.stages.netdissect_store import QuantileCheckpoint, TallyPartials, str_array
+from rfstore.recorded.progress import Plan, StageProgress, fingerprint
 from rfstore.store import ArraySpec, layout
 from rfstore.store.layout import netdissect_group, netdissect_specs, write_coordinate
 
@@ -153,8 +153,6 @@ def run_netdissect(ctx: NetworkContext, config: NetDissectConfig, force: bool = 
     ``distributed.Client`` the blocks run as tasks on its cluster.
     """
     if client is not None:
-        from rfstore.stages.cluster import require_zarr
-
         require_zarr(ctx.store.path)
     dataset = open_broden(ctx)
     tracker, plan1, plan = _begin(ctx, dataset, QUANTILE_STAGE, config, ctx.attrs["init_fingerprint"], force)
@@ -286,7 +284,7 @@ def _task_blocks(store_path: str, network: str, config: NetDissectConfig, block:
                  work_of: Callable[[DissectionPlan], QuantileWork | TallyWork]) -> Any:
     import dataclasses
 
-    from rfstore.stages.distributed import WorkerContext
+    from rfstore.pipeline.worker import WorkerContext
     from rfstore.store import open_store
 
     with open_store(store_path, "r") as store:
@@ -316,8 +314,8 @@ def _cluster_blocks(ctx: NetworkContext, plan: DissectionPlan, config: NetDissec
                     client: Any, thresholds: dict[str, np.ndarray] | None,
                     progress: Callable | None) -> Iterator[tuple[int, Any]]:
     """Client: one task per block; yield each block's result as its task returns."""
-    from rfstore.stages.cluster import Task, completed
-    from rfstore.stages.distributed import store_location
+    from rfstore.pipeline.cluster import Task, completed
+    from rfstore.pipeline.worker import store_location
 
     path = store_location(ctx.store)
     if thresholds is None:

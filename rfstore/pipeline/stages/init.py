@@ -13,7 +13,7 @@ Writes:
     ``rf_theory_size``, ``rf_theory_jump``, ``rf_theory_start`` (or ``rf_theory_error``);
     for a Broden folder also ``/{network}`` attrs ``dataset_kind`` ("broden"), ``broden_split``,
     ``broden_digest``, ``broden_categories`` and the arrays of
-    :func:`rfstore.stages.netdissect_store.write_broden_tables` (``image_split``, ``concept``, ...).
+    :func:`rfstore.pipeline.stages.netdissect_store.write_broden_tables` (``image_split``, ``concept``, ...).
 """
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ import torch
 import torchvision
 
 from rfstore import __version__
-from rfstore.core.rf_theory import ReceptiveFieldError, theoretical_receptive_fields
+from rfstore.rf.theory import ReceptiveFieldError, theoretical_receptive_fields
 from rfstore.datasets import BadImageError, ImageFolderIndex, Preprocessing, load_rgb, scan_image_folder
 from rfstore.datasets.broden import BrodenDataset, is_broden, read_broden
 from rfstore.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rfstore.errors import RfstoreError, StageMismatchError
 from rfstore.models import ModelSpec, input_channels, load_model, probe_layers, select_layers
-from rfstore.stages.context import parameters_digest
-from rfstore.stages.netdissect_store import write_broden_tables
-from rfstore.stages.progress import fingerprint
+from rfstore.recorded.network import parameters_digest
+from rfstore.pipeline.stages.netdissect_store import write_broden_tables
+from rfstore.recorded.progress import fingerprint
 from rfstore.store import Store
 from rfstore.store.layout import SCHEMA_VERSION, image_specs, layer_group, write_coordinate
 

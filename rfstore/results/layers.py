@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rfstore.results.table import size_label
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.progress import StageProgress
+from rfstore.recorded.network import NetworkContext
+from rfstore.recorded.progress import StageProgress
 from rfstore.store.layout import layer_group
 
 

@@ -4,7 +4,7 @@
 yields each block's result as soon as the block is complete; what is computed
 per batch is a :class:`QuantileWork` (pass 1: each unit's largest activations,
 the candidates of its top quantile) or a :class:`TallyWork` (pass 2: the block's
-:class:`~rfstore.core.netdissect.Tally` of every layer). Batches never straddle
+:class:`~rfstore.stats.netdissect.Tally` of every layer). Batches never straddle
 two blocks and a block's images always form the same batches, so a block gives
 the same numbers in a fresh run, a resumed run and a cluster task.
 """
@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rfstore.core.netdissect import TOP_QUANTILE, Annotation, Tally, label_totals, unit_masks
-from rfstore.core.quantile import TopQuantile, kept
+from rfstore.stats.netdissect import TOP_QUANTILE, Annotation, Tally, label_totals, unit_masks
+from rfstore.stats.quantile import TopQuantile, kept
 from rfstore.datasets import ImageFolderDataset
 from rfstore.datasets.broden import BrodenDataset, BrodenRow
 from rfstore.errors import RfstoreError
 from rfstore.models import FeatureExtractor
-from rfstore.stages.activations import block_batches, default_workers
-from rfstore.stages.context import NetworkContext, ParameterCheck
-from rfstore.stages.devices import exact_float32, resolve_device
+from rfstore.pipeline.stages.activations import block_batches, default_workers
+from rfstore.recorded.network import NetworkContext, ParameterCheck
+from rfstore.pipeline.devices import exact_float32, resolve_device
 
 Block = tuple[int, int, int]  # (block id, first image position, stop)
 

@@ -16,10 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from rfstore.core.topk import RunningTopK
+from rfstore.stats.topk import RunningTopK
 from rfstore.errors import MissingInputError, RfstoreError
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.progress import Plan, StageProgress, fingerprint, upstream_token
+from rfstore.pipeline.cluster import Task, completed, require_zarr
+from rfstore.pipeline.worker import store_location
+from rfstore.recorded.network import NetworkContext
+from rfstore.recorded.progress import Plan, StageProgress, fingerprint, upstream_token
+from rfstore.store import open_store
 from rfstore.store.layout import IMAGE_BLOCK, layer_group, topk_specs, write_coordinate
 
 STAGE_VERSION = 1
@@ -44,11 +47,9 @@ def run_topk(ctx: NetworkContext, config: TopKConfig, force: bool = False, clien
     """Compute and store the top-K of every layer; returns what was done per layer.
 
     With a ``distributed.Client`` each image block's partial top-K is a task on its
-    cluster and this process merges them (same result, see :mod:`rfstore.core.topk`).
+    cluster and this process merges them (same result, see :mod:`rfstore.stats.topk`).
     """
     if client is not None:
-        from rfstore.stages.cluster import require_zarr
-
         require_zarr(ctx.store.path)
     upstream = upstream_token(ctx.store, ctx.network, "activations", needed_by="topk")
     plans = {}
@@ -60,8 +61,6 @@ def run_topk(ctx: NetworkContext, config: TopKConfig, force: bool = False, clien
         if plan is Plan.SKIP:
             continue
         if client is not None:
-            from rfstore.stages.distributed import layer_topk_on_cluster
-
             result = layer_topk_on_cluster(client, ctx, layer, config)
         else:
             result = layer_topk(ctx, layer, config)
@@ -90,3 +89,33 @@ def layer_topk(ctx: NetworkContext, layer: str, config: TopKConfig) -> dict[str,
             x=ctx.store.read(f"{group}/act_x", rows),
         )
     return topk.result()
+
+
+# -- on a Dask cluster -------------------------------------------------------------
+def topk_task(store_path: str, network: str, layer: str, k: int, measure: str, rows: tuple[int, int]) -> dict:
+    """Worker: the partial top-K (a :meth:`RunningTopK.state_dict`) of images ``rows`` of one layer."""
+    group = layer_group(network, layer)
+    with open_store(store_path, "r") as store:
+        n_units = store.array_spec(f"{group}/act_{measure}").shape[1]
+        topk = RunningTopK(n_units, k, extras=("y", "x"))
+        selection = slice(*rows)
+        topk.update(store.read(f"{group}/act_{measure}", selection), np.arange(*rows),
+                    y=store.read(f"{group}/act_y", selection), x=store.read(f"{group}/act_x", selection))
+    return topk.state_dict()
+
+
+def layer_topk_on_cluster(client: Any, ctx: NetworkContext, layer: str, config: Any) -> dict[str, np.ndarray]:
+    """Client: ``(U, K)`` arrays ``image``, ``value``, ``y``, ``x`` of one layer, merged from per-block shards."""
+    group = layer_group(ctx.network, layer)
+    source = f"{group}/act_{config.measure}"
+    if not ctx.store.is_array(source):
+        raise MissingInputError(f"layer {layer} has no activations: run 'rfstore activations' first")
+    block = ctx.store.array_spec(source).chunks[0]
+    path = store_location(ctx.store)
+    tasks = [Task(f"topk-{layer}-rows{start}", topk_task,
+                  (path, ctx.network, layer, config.k, config.measure, (start, min(ctx.n_images, start + block))))
+             for start in range(0, ctx.n_images, block)]
+    merged = RunningTopK(ctx.n_units(layer), config.k, extras=("y", "x"))
+    for state in completed(client, tasks):
+        merged.merge(RunningTopK.from_state_dict(state))
+    return merged.result()

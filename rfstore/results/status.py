@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rfstore.stages.context import NetworkContext, find_network
-from rfstore.stages.progress import STAGE_ORDER, StageProgress
+from rfstore.recorded.network import NetworkContext, find_network
+from rfstore.recorded.progress import STAGE_ORDER, StageProgress
 from rfstore.store import Store
 from rfstore.store.layout import layer_group
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rfstore.core.rf_empirical import rf_centre_pixels, rf_mask
+from rfstore.rf.empirical import rf_centre_pixels, rf_mask
 from rfstore.errors import MissingInputError
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.progress import Plan, StageProgress, fingerprint
+from rfstore.recorded.network import NetworkContext
+from rfstore.recorded.progress import Plan, StageProgress, fingerprint
 from rfstore.store import ArraySpec
 from rfstore.store.layout import IMAGE_BLOCK, layer_group, segmentation_spec
 

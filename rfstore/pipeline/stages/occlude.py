@@ -27,10 +27,13 @@ import torch
 
 from rfstore.errors import RfstoreError
 from rfstore.occlusion import LayerGeometry, Occluder, OccluderError, OcclusionEngine, OcclusionStats, OcclusionTarget
-from rfstore.stages.context import NetworkContext, load_images
-from rfstore.stages.devices import exact_float32, resolve_device
-from rfstore.stages.progress import Plan, StageProgress, fingerprint, upstream_token
-from rfstore.stages.writer import BackgroundWriter
+from rfstore.pipeline.cluster import Task, completed, require_zarr
+from rfstore.pipeline.worker import WorkerContext, check_generation, stage_generation, store_location
+from rfstore.recorded.network import NetworkContext, load_images
+from rfstore.pipeline.devices import exact_float32, resolve_device
+from rfstore.recorded.progress import Plan, StageProgress, fingerprint, upstream_token
+from rfstore.pipeline.writer import BackgroundWriter
+from rfstore.store import open_store_for_worker
 from rfstore.store.layout import discrepancy_spec, layer_group, write_coordinate
 
 STAGE_VERSION = 1
@@ -169,8 +172,6 @@ def run_occlude(ctx: NetworkContext, config: OccludeConfig, force: bool = False,
     only); this process keeps the bookkeeping.
     """
     if client is not None:
-        from rfstore.stages.cluster import require_zarr
-
         require_zarr(ctx.store.path)
     layers = ctx.check_layers(list(config.layers))
     height, width = ctx.input_size
@@ -303,9 +304,6 @@ def _write_and_flag(ctx: NetworkContext, items: list[Work], maps: np.ndarray,
 def occlude_task(store_path: str, network: str, config: OccludeConfig, layers: list[str],
                  block: list[tuple[int, list[Work]]], generations: dict[str, str]) -> tuple[list[Work], OcclusionStats]:
     """Worker: the maps of one block of images, written; returns the items and the counters."""
-    from rfstore.stages.distributed import WorkerContext, check_generation
-    from rfstore.store import open_store_for_worker
-
     with open_store_for_worker(store_path) as store:
         ctx = WorkerContext(store, network)
         maker = MapMaker(ctx, config, layers)
@@ -325,9 +323,6 @@ def occlude_task(store_path: str, network: str, config: OccludeConfig, layers: l
 def _on_cluster(client: Any, ctx: NetworkContext, config: OccludeConfig, by_image: dict[int, list[Work]],
                 trackers: dict[str, StageProgress], tick: Callable[[int], None] | None, result: OccludeResult) -> None:
     """Client: one task per block of ``images_per_task`` images; flag maps done as tasks return."""
-    from rfstore.stages.cluster import Task, completed
-    from rfstore.stages.distributed import stage_generation, store_location
-
     layers = sorted({w.layer for ws in by_image.values() for w in ws}, key=ctx.layers.index)
     generations = {layer: stage_generation(trackers[layer]) for layer in trackers}
     k = {layer: int(ctx.layer_attrs(layer)["topk_k"]) for layer in trackers}

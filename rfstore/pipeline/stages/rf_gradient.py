@@ -1,7 +1,7 @@
 """``rf --method gradient``: the unit's mean |input gradient| over its top images (Luo et al. 2016).
 
 Reads, per layer: ``topk_image``, ``topk_y``, ``topk_x``; the ``rf_theory_*`` attrs;
-the top images from the dataset. Returns maps for :mod:`rfstore.stages.rf` to write.
+the top images from the dataset. Returns maps for :mod:`rfstore.pipeline.stages.rf` to write.
 """
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from rfstore.core.gradient_rf import input_gradient_maps
-from rfstore.core.rf_empirical import mean_over_images, recentre, rf_centre_pixels
+from rfstore.rf.gradient import input_gradient_maps
+from rfstore.rf.empirical import mean_over_images, recentre, rf_centre_pixels
 from rfstore.models import FeatureExtractor
-from rfstore.stages.context import NetworkContext, load_images
-from rfstore.stages.devices import resolve_device
+from rfstore.recorded.network import NetworkContext, load_images
+from rfstore.pipeline.devices import resolve_device
 from rfstore.store.layout import layer_group
 
 

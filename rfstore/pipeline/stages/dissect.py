@@ -7,7 +7,7 @@ above the unit's 99.5% quantile, Bau et al.'s, written when the activations kept
 their maps): for
 every unit and every concept, the IoU between the unit's segmentations of its
 top-K images and the concept's pixels in those images, counts summed over the
-images, with a chance baseline (:mod:`rfstore.core.dissect` defines both).
+images, with a chance baseline (:mod:`rfstore.stats.iou` defines both).
 A unit's label is its eligible concept of highest IoU (never index 0, "no
 concept"), kept only when that IoU beats its chance baseline and reaches
 ``min_iou``.
@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rfstore.core.dissect import DEFAULT_MIN_IOU, concept_counts, label_units
+from rfstore.stats.iou import DEFAULT_MIN_IOU, concept_counts, label_units
 from rfstore.errors import MissingInputError, RfstoreError
-from rfstore.stages.context import NetworkContext
-from rfstore.stages.progress import Plan, StageProgress, fingerprint
+from rfstore.recorded.network import NetworkContext
+from rfstore.recorded.progress import Plan, StageProgress, fingerprint
 from rfstore.store.layout import DISSECT_UNIT_BLOCK, concept_name_spec, dissect_specs, layer_group
 
 STAGE_VERSION = 1

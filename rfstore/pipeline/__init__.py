@@ -1,0 +1,1 @@
+"""The pipeline: the stages (``pipeline/stages/``), their Dask tasks, and the ways to run them."""

@@ -1,0 +1,1 @@
+"""The stages, one module each: its config, its run and its cluster task."""

@@ -1,0 +1,1 @@
+"""Running statistics and scores: top-K, quantiles, spatial summaries, IoU tallies."""
