@@ -101,7 +101,7 @@ def test_units_out_of_range_and_options_that_contradict_the_store(tmp_path: Path
     code, err = cli("topk", str(store), "--k", "4")
     assert code == 1 and "k: stored 3, asked 4" in err and "--force" in err
     code, err = cli("occlude", str(store), "--units", "5:9", "--size", "3", "--device", "cpu")
-    assert code == 1 and "--units 5:9: layer 1 has units 0..1" in err
+    assert code == 2 and "--units: 5:9 selects no unit of layer 1, which has units 0..1" in err
     code, err = cli("occlude", str(store), "--units", "3:1")
     assert code == 2  # bad usage
     code, err = cli("init", str(store), "--data", str(tmp_path / "images"), *INIT[:-2], "--name", "hand",

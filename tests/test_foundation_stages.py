@@ -9,7 +9,7 @@ import torch
 
 from conftest import HAND_CNN
 from rfstore.datasets import Preprocessing, load_rgb
-from rfstore.errors import MissingInputError, StageMismatchError
+from rfstore.errors import MissingInputError, StageMismatchError, UsageError
 from rfstore.models import ModelSpec
 from rfstore.pipeline.stages import activations as activations_stage
 from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
@@ -281,7 +281,7 @@ def test_memory_formats_agree(tmp_path: Path, tiny_folder: Path, model: str, lay
             np.testing.assert_array_equal(results["channels_last"][layer][name], results["contiguous"][layer][name])
         np.testing.assert_allclose(results["channels_last"][layer]["act_mean"],
                                    results["contiguous"][layer]["act_mean"], rtol=1e-6)
-    with pytest.raises(Exception, match="--memory-format"):
+    with pytest.raises(UsageError, match="memory_format: must be one of"):
         ActivationsConfig(memory_format="nhwc")
 
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import TESTS
+from rfstore.errors import UsageError
 from rfstore.datasets import Preprocessing
 from rfstore.models import ModelSpec
 from rfstore.pipeline.stages import occlude as occlude_stage
@@ -155,7 +156,7 @@ def test_half_precision_maps_are_close_to_float32(tiny_store: Path, tmp_path: Pa
         error = np.nanmax(np.abs(approx - exact))
         assert 0 < error <= tolerance * scale[layer], (layer, error / scale[layer])
     assert record["params"]["dtype"] == dtype
-    with pytest.raises(Exception, match="--dtype"):
+    with pytest.raises(UsageError, match="dtype: must be one of"):
         OccludeConfig(dtype="float64")
 
 

@@ -29,33 +29,26 @@ def say(message: str) -> None:
 
 
 def handle_errors(func: F) -> F:
-    """Turn rfstore's errors into one clear sentence and exit code 1."""
+    """rfstore's errors as one sentence: exit 2 for bad usage, 1 for the rest; any other exception is a bug
+    and keeps its traceback. Ctrl-C says that finished work is kept (exit 130)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rfstore.errors import RfstoreError, UsageError
+
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit, typer.BadParameter):  # bad usage: exit 2
-            raise
         except KeyboardInterrupt:
             say("interrupted: finished work is kept; run the same command again to resume")
             raise typer.Exit(130)
-        except Exception as err:  # noqa: BLE001 - the CLI's one place that reports any failure
+        except RfstoreError as err:
             if os.environ.get("RFSTORE_DEBUG"):
                 raise
-            from rfstore.errors import RfstoreError
-
-            expected = isinstance(err, (RfstoreError, ValueError, FileNotFoundError, PermissionError, OSError))
-            text = str(err) or type(err).__name__
-            if isinstance(err, OSError) and err.errno is not None and err.filename:  # e.g. a full disk
-                from rfstore.store.base import NO_SPACE_ERRNOS, write_failure_message
-
-                if err.errno in NO_SPACE_ERRNOS:
-                    text = write_failure_message(err.filename, err)
-            if not expected:
-                text = f"{type(err).__name__}: {text} (set RFSTORE_DEBUG=1 to see the traceback)"
-            say(f"error: {text}")
-            raise typer.Exit(1)
+            if isinstance(err, UsageError) and err.flag:
+                say(f"error: {err.flag}: {err.message}")
+            else:
+                say(f"error: {err}")
+            raise typer.Exit(err.exit_code)
 
     return wrapper  # type: ignore[return-value]
 

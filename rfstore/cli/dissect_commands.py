@@ -38,9 +38,8 @@ def dissect_config(layers: str | None = None, min_iou: float | None = None, mask
     from rfstore.stats.iou import DEFAULT_MIN_IOU
     from rfstore.pipeline.stages.dissect import DissectConfig
 
-    with opt.usage_errors():
-        return DissectConfig(layers=tuple(opt.split_list(layers)),
-                             min_iou=DEFAULT_MIN_IOU if min_iou is None else min_iou, masks=masks)
+    return DissectConfig(layers=tuple(opt.split_list(layers)),
+                         min_iou=DEFAULT_MIN_IOU if min_iou is None else min_iou, masks=masks)
 
 
 def do_dissect(store_path: Path, network: str | None, config, force: bool, *, optional: bool = False) -> None:

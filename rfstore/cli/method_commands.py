@@ -44,9 +44,8 @@ def occlude_config(layers: str | None, units: str | None, size: int, stride: int
                    device: str, batch_size: int, dtype: str = "float32"):
     from rfstore.pipeline.stages.occlude import OccludeConfig
 
-    with opt.usage_errors():
-        return OccludeConfig(size=size, stride=stride, fill=fill, seed=seed, layers=tuple(opt.split_list(layers)),
-                             units=opt.parse_units(units), device=device, batch_size=batch_size, dtype=dtype)
+    return OccludeConfig(size=size, stride=stride, fill=fill, seed=seed, layers=tuple(opt.split_list(layers)),
+                         units=opt.parse_units(units), device=device, batch_size=batch_size, dtype=dtype)
 
 
 def do_occlude(store_path: Path, network: str | None, config, force: bool, client=None) -> None:

@@ -92,17 +92,6 @@ Scheduler = Annotated[str | None, typer.Option(
 
 
 @contextmanager
-def usage_errors() -> Iterator[None]:
-    """A config's own checks of its values (an RfstoreError) reported as bad usage: exit 2."""
-    from rfstore.errors import RfstoreError
-
-    try:
-        yield
-    except RfstoreError as err:
-        raise typer.BadParameter(str(err)) from None
-
-
-@contextmanager
 def cluster_session(store: Path, cluster: str | None, scheduler: str | None) -> Iterator[Any]:
     """A Dask client for ``--cluster``/``--scheduler`` (None without them); an HDF5 store is refused first."""
     if cluster is None and scheduler is None:

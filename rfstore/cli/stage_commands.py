@@ -40,9 +40,8 @@ def init_config(model: str, data: Path, weights: str | None, seed: int, trust_pi
 
     spec = ModelSpec(model, weights, seed, trust_pickle)
     preprocessing = _preprocessing(preprocess, resize, crop, mean, std)
-    with opt.usage_errors():
-        return InitConfig(model=spec, data=data, name=name, preprocessing=preprocessing, layers=layers,
-                          channels=channels, split=split)
+    return InitConfig(model=spec, data=data, name=name, preprocessing=preprocessing, layers=layers,
+                      channels=channels, split=split)
 
 
 def do_init(store_path: Path, config, force: bool) -> None:
@@ -125,9 +124,8 @@ def activations_config(batch_size: int, device: str, workers: int | None, maps: 
                        memory_format: str = "auto"):
     from rfstore.pipeline.stages.activations import ActivationsConfig
 
-    with opt.usage_errors():
-        return ActivationsConfig(batch_size=batch_size, device=device, num_workers=workers,
-                                 maps=tuple(opt.split_list(maps)), memory_format=memory_format)
+    return ActivationsConfig(batch_size=batch_size, device=device, num_workers=workers,
+                             maps=tuple(opt.split_list(maps)), memory_format=memory_format)
 
 
 @app.command()

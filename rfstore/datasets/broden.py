@@ -38,7 +38,7 @@ from PIL import Image
 from rfstore.stats.netdissect import Annotation
 from rfstore.datasets.image_folder import ImageFolderIndex, SkippedFile
 from rfstore.datasets.paths import UnsafeImagePathError, check_relative_path
-from rfstore.errors import RfstoreError
+from rfstore.errors import InputError
 
 INDEX_FILE, LABEL_FILE, CATEGORY_FILE = "index.csv", "label.csv", "category.csv"
 IMAGES_DIR = "images"
@@ -46,7 +46,7 @@ INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 MISSING_IMAGE = "listed in index.csv but missing"
 
 
-class BrodenError(RfstoreError):
+class BrodenError(InputError):
     """A Broden folder that cannot be read as one (a missing file or column, a bad value)."""
 
 

@@ -34,6 +34,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from rfstore.errors import InputError
 from rfstore.datasets import reasons
 
 __all__ = ["BadImageError", "load_rgb"]
@@ -55,7 +56,7 @@ _UPRIGHTING_TRANSPOSE: dict[int, Image.Transpose] = {
 }
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError, ValueError):
     """An image file that cannot be decoded into an RGB image.
 
     Parameters

@@ -16,8 +16,10 @@ from pathlib import Path, PurePosixPath
 
 __all__ = ["UnsafeImagePathError", "check_relative_path", "check_relative_paths", "resolve_inside"]
 
+from rfstore.errors import InputError
 
-class UnsafeImagePathError(ValueError):
+
+class UnsafeImagePathError(InputError, ValueError):
     """A recorded image path that is not a plain relative path inside the dataset root."""
 
 

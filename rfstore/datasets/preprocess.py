@@ -18,6 +18,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
+from rfstore.errors import UsageError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
 
@@ -30,6 +31,10 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _FIELDS = ("resize", "crop", "mean", "std", "channels")
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 """PIL mode of the images a network with 1 or 3 input channels is given."""
+
+
+class PreprocessingError(UsageError, ValueError):
+    """Preprocessing values that cannot work (sizes, normalisation, channels)."""
 
 
 @dataclass(frozen=True)
@@ -62,20 +67,20 @@ class Preprocessing:
         for name in ("resize", "crop"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+                raise PreprocessingError(f"{name} must be a positive int or None, got {value!r}")
         if self.channels not in CHANNEL_MODES:
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+            raise PreprocessingError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
         if (self.mean is None) != (self.std is None):
-            raise ValueError("mean and std must both be given or both be None")
+            raise PreprocessingError("mean and std must both be given or both be None")
         if self.mean is not None and self.std is not None:
             mean = tuple(float(value) for value in self.mean)
             std = tuple(float(value) for value in self.std)
             if len(mean) != len(std) or len(mean) not in (1, self.channels):
                 wanted = "1 value each" if self.channels == 1 else "1 or 3 values (R, G, B) each"
-                raise ValueError(f"mean and std need {wanted} for {self.channels}-channel input, "
+                raise PreprocessingError(f"mean and std need {wanted} for {self.channels}-channel input, "
                                  f"got {mean} and {std}")
             if any(not value > 0 for value in std):
-                raise ValueError(f"std must be positive, got {std}")
+                raise PreprocessingError(f"std must be positive, got {std}")
             object.__setattr__(self, "mean", mean)
             object.__setattr__(self, "std", std)
 

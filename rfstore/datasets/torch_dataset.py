@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rfstore.errors import InputError
 from rfstore.datasets import reasons
 from rfstore.datasets.image_folder import ImageFolderIndex
 from rfstore.datasets.image_loading import BadImageError, load_rgb
@@ -39,7 +40,7 @@ ImageItem = tuple[int, torch.Tensor, str]
 """One dataset item: (image_index, tensor of shape (C, H, W), error or ""); C = preprocessing.channels."""
 
 
-class ImageSizeMismatchError(ValueError):
+class ImageSizeMismatchError(InputError, ValueError):
     """Good images in one batch have different sizes, so they cannot be stacked.
 
     Happens with a :class:`Preprocessing` without ``crop`` on images of mixed sizes;

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
+from rfstore.errors import InputError
 from rfstore.demo.scenes import CLASSES
 
 #: the shipped weights, relative to the ``rfstore.demo`` package.
@@ -71,7 +72,7 @@ def shipped_weights() -> Path:
     """Path of the state dict shipped as package data."""
     path = Path(str(resources.files("rfstore.demo").joinpath(WEIGHTS_FILE)))
     if not path.is_file():
-        raise FileNotFoundError(f"the demo's trained weights are missing ({path}); "
+        raise InputError(f"the demo's trained weights are missing ({path}); "
                                 f"reinstall rfstore or run 'rfstore demo --retrain'")
     return path
 

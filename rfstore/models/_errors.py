@@ -1,10 +1,12 @@
 """Exceptions raised while loading a model (re-exported by :mod:`rfstore.models.spec`)."""
 from __future__ import annotations
 
+from rfstore.errors import ModelError
+
 __all__ = ["ModelLoadError", "UntrustedPickleError", "short_error"]
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ModelError, ValueError):
     """A model spec could not be turned into a module.
 
     The message is one sentence saying what failed and what to do about it.

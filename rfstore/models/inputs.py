@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import ModelError
 
 from ._errors import short_error
 from .probe import device_of, eval_mode
@@ -28,7 +28,7 @@ SUPPORTED_CHANNELS = (1, 3)
 """Grayscale and RGB: the images rfstore can read."""
 
 
-class InputChannelsError(ValueError, RfstoreError):
+class InputChannelsError(ModelError, ValueError):
     """The network cannot take grayscale or RGB images, or not the number of channels asked for."""
 
 

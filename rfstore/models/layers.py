@@ -17,12 +17,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import ModelError
 
 __all__ = ["LayerSelectionError", "resolve_layers"]
 
 
-class LayerSelectionError(ValueError, RfstoreError):
+class LayerSelectionError(ModelError, ValueError):
     """A layer selection names unknown modules or unsupported outputs."""
 
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import ModelError
 
 __all__ = ["OutputChoiceError", "choose_output", "class_count", "describe_outputs", "named_outputs", "pick_output"]
 
 
-class OutputChoiceError(ValueError, RfstoreError):
+class OutputChoiceError(ModelError, ValueError):
     """The class scores cannot be found among a model's outputs; the message lists the outputs."""
 
 

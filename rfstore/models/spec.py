@@ -156,7 +156,7 @@ class ModelSpec:
         """
         unknown = sorted(set(data) - set(_FIELDS))
         if "spec" not in data or unknown:
-            raise ValueError(
+            raise ModelLoadError(
                 f"model spec record {data!r} needs the key 'spec' and only the keys "
                 f"{', '.join(_FIELDS)}; it was probably written by another rfstore version"
             )

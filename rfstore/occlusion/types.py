@@ -22,8 +22,10 @@ __all__ = [
 FILLS = ("noise", "zero", "mean")
 """Named occluder contents; any number is accepted as a constant too."""
 
+from rfstore.errors import UsageError
 
-class OccluderError(ValueError):
+
+class OccluderError(UsageError, ValueError):
     """An occluder that cannot be used (size, stride or fill out of range)."""
 
 

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import torch
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import UsageError
 
 
 @contextmanager
@@ -35,11 +35,11 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RfstoreError(f"--device {name}: no CUDA device is available here (try --device auto or cpu)")
+        raise UsageError(f"{name}: no CUDA device is available here (try auto or cpu)", "device")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise RfstoreError("--device mps: Apple's MPS backend is not available here (try --device auto or cpu)")
+        raise UsageError("mps: Apple's MPS backend is not available here (try auto or cpu)", "device")
     if name != "cpu" and not name.startswith("cuda") and name != "mps":
-        raise RfstoreError(f"--device {name}: choose auto, cpu, cuda, cuda:N or mps")
+        raise UsageError(f"{name}: choose auto, cpu, cuda, cuda:N or mps", "device")
     return torch.device(name)
 
 

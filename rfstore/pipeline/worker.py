@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import RfstoreError, StoreError
 from rfstore.recorded.network import NetworkContext
 from rfstore.recorded.progress import StageProgress
 from rfstore.store import Store
@@ -26,7 +26,7 @@ from rfstore.store import Store
 _LOADED: dict[tuple[str, str], Any] = {}
 
 
-class StaleTaskError(RfstoreError):
+class StaleTaskError(StoreError):
     """A task's stage was restarted (``--force``) after the task was sent; it wrote nothing."""
 
 

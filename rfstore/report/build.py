@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import RfstoreError, UsageError
 from rfstore.report import figures, pages, plots
 from rfstore.results.layers import ImageCache, LayerReader, LayerTable, UnitData
 from rfstore.results.compare import compare_networks, network_names
@@ -62,7 +62,7 @@ def _prepare(out: Path, entries: list[str], force: bool) -> None:
     """Empty what an earlier report wrote in ``out``; refuse a foreign non-empty folder unless ``force``,
     and even then refuse to write over a file or folder of the report's ``entries`` that is not its own."""
     if out.exists() and not out.is_dir():
-        raise RfstoreError(f"--out {out} is a file, not a folder")
+        raise UsageError(f"{out} is a file, not a folder", "out")
     marker = out / MARKER
     if marker.is_file():
         for name in json.loads(marker.read_text()).get("entries", []):

@@ -18,13 +18,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import InputError
 from rfstore.results.table import COLUMNS, LayerRow, pad, row_cells, table1
 from rfstore.recorded.network import NetworkContext, find_network
 from rfstore.store import Store
 
 
-class NotComparableError(RfstoreError):
+class NotComparableError(InputError):
     """Two networks cannot be matched unit by unit: they did not see the same images."""
 
 

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import ModelError
 
 __all__ = ["ReceptiveFieldError", "propagate", "tensor_shapes", "describe_node", "Axis", "Map", "Vector",
            "Failure", "State"]
 
 
-class ReceptiveFieldError(ValueError, RfstoreError):
+class ReceptiveFieldError(ModelError, ValueError):
     """A network or one of its layers cannot be analysed; the message says which and why."""
 
 

@@ -22,13 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import StoreError
 
 Selection = tuple[slice | int | np.ndarray, ...] | slice | int
 
 
-class StoreError(RfstoreError):
-    """A store cannot be opened, or does not hold what a stage needs."""
 
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)

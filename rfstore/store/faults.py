@@ -58,7 +58,12 @@ def _wrapped(method: Callable[..., Any], name: str, where: str, trace: str | Non
     def call(*args: Any, **kwargs: Any) -> Any:
         if budget and name != "flush":
             values = args[2] if name == "write" and len(args) > 2 else None
-            _spend(int(getattr(values, "nbytes", 0)) or 1, where)
+            try:
+                _spend(int(getattr(values, "nbytes", 0)) or 1, where)
+            except OSError as err:  # as the store reports a failed write of its own
+                from rfstore.store.base import StoreWriteError
+
+                raise StoreWriteError(where, err) from err
         result = method(*args, **kwargs)
         if trace:
             with open(trace, "a", encoding="utf-8") as log:

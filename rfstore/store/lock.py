@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import StoreError
 
 
-class StoreLockedError(RfstoreError):
+class StoreLockedError(StoreError):
     """Another process is writing the store."""
 
 

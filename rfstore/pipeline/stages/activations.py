@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from rfstore.stats.spatial import spatial_summary
 from rfstore.datasets import ImageFolderDataset
-from rfstore.errors import RfstoreError
+from rfstore.errors import UsageError
 from rfstore.models import FeatureExtractor
 from rfstore.recorded.network import NetworkContext, ParameterCheck
 from rfstore.pipeline.cluster import Task, completed, require_zarr
@@ -67,8 +67,8 @@ class ActivationsConfig:
 
     def __post_init__(self) -> None:
         if self.memory_format not in MEMORY_FORMATS:
-            raise RfstoreError(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, "
-                               f"not {self.memory_format!r}")
+            raise UsageError(f"must be one of {', '.join(MEMORY_FORMATS)}, "
+                             f"not {self.memory_format!r}", "memory_format")
 
     def params(self) -> dict[str, object]:
         return {"maps": sorted(self.maps), "memory_format": self.memory_format}
@@ -164,7 +164,7 @@ def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool 
     map_shapes = {layer: tuple(ctx.layer_attrs(layer)["output_shape"][1:3]) for layer in maps}
     for layer in maps:
         if ctx.layer_attrs(layer)["kind"] != "conv":
-            raise RfstoreError(f"--maps {layer}: a linear layer has no activation map")
+            raise UsageError(f"{layer} is a linear layer, which has no activation map", "maps")
     if plan is Plan.FRESH:
         for layer, n_units in units.items():
             for name, spec in activation_specs(ctx.n_images, n_units, block).items():

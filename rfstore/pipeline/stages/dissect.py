@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from rfstore.stats.iou import DEFAULT_MIN_IOU, concept_counts, label_units
-from rfstore.errors import MissingInputError, RfstoreError
+from rfstore.errors import MissingInputError, RfstoreError, UsageError
 from rfstore.recorded.network import NetworkContext
 from rfstore.recorded.progress import Plan, StageProgress, fingerprint
 from rfstore.store.layout import DISSECT_UNIT_BLOCK, concept_name_spec, dissect_specs, layer_group
@@ -79,7 +79,7 @@ class DissectConfig:
 
     def __post_init__(self) -> None:
         if self.masks not in MASK_ARRAYS:
-            raise RfstoreError(f"--masks must be one of {', '.join(MASK_ARRAYS)}, not {self.masks!r}")
+            raise UsageError(f"must be one of {', '.join(MASK_ARRAYS)}, not {self.masks!r}", "masks")
 
     @property
     def mask_array(self) -> str:

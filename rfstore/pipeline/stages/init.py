@@ -32,7 +32,7 @@ from rfstore.rf.theory import ReceptiveFieldError, theoretical_receptive_fields
 from rfstore.datasets import BadImageError, ImageFolderIndex, Preprocessing, load_rgb, scan_image_folder
 from rfstore.datasets.broden import BrodenDataset, is_broden, read_broden
 from rfstore.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from rfstore.errors import RfstoreError, StageMismatchError
+from rfstore.errors import InputError, RfstoreError, StageMismatchError, UsageError
 from rfstore.models import ModelSpec, input_channels, load_model, probe_layers, select_layers
 from rfstore.recorded.network import parameters_digest
 from rfstore.pipeline.stages.netdissect_store import write_broden_tables
@@ -78,7 +78,7 @@ class InitConfig:
 
     def __post_init__(self) -> None:
         if self.channels is not None and self.channels not in (1, 3):
-            raise RfstoreError(f"--channels must be 1 (grayscale) or 3 (RGB), not {self.channels}")
+            raise UsageError(f"must be 1 (grayscale) or 3 (RGB), not {self.channels}", "channels")
 
     def resolved_name(self) -> str:
         return self.name or self.model.default_name()
@@ -125,7 +125,7 @@ def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResul
         raise RfstoreError(f"network name {network!r} must be non-empty, without '/', not starting with '_'")
     root = Path(config.data).expanduser().resolve()
     if not root.is_dir():
-        raise RfstoreError(f"--data {config.data} is not a directory")
+        raise InputError(f"--data {config.data} is not a directory")
     broden = read_broden(root) if is_broden(root) else None
     if config.split is not None and broden is None:
         raise RfstoreError(f"--split {config.split} chooses among the splits of a Broden folder, and {root} is not "

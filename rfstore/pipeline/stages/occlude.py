@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfstore.errors import RfstoreError
+from rfstore.errors import RfstoreError, UsageError
 from rfstore.occlusion import LayerGeometry, Occluder, OccluderError, OcclusionEngine, OcclusionStats, OcclusionTarget
 from rfstore.pipeline.cluster import Task, completed, require_zarr
 from rfstore.pipeline.worker import WorkerContext, check_generation, stage_generation, store_location
@@ -67,11 +67,8 @@ class OccludeConfig:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise RfstoreError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        try:
-            self.occluder
-        except OccluderError as err:
-            raise RfstoreError(str(err)) from None
+            raise UsageError(f"must be one of {', '.join(DTYPES)}, not {self.dtype!r}", "dtype")
+        self.occluder  # its own checks: an OccluderError is a UsageError
 
     @property
     def occluder(self) -> Occluder:
@@ -123,7 +120,8 @@ def selected_units(ctx: NetworkContext, layer: str, units: slice | None) -> np.n
     n_units = ctx.n_units(layer)
     chosen = np.arange(n_units)[units] if units is not None else np.arange(n_units)
     if units is not None and (units.start >= n_units or not len(chosen)):
-        raise RfstoreError(f"--units {units.start}:{units.stop}: layer {layer} has units 0..{n_units - 1}")
+        raise UsageError(f"{units.start}:{units.stop} selects no unit of layer {layer}, which has units 0..{n_units - 1}",
+                         "units")
     return chosen
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rfstore.rf.empirical import DEFAULT_THRESHOLD, rf_size_from_map, unit_rf_map, window_radius
-from rfstore.errors import MissingInputError, RfstoreError
+from rfstore.errors import MissingInputError, UsageError
 from rfstore.recorded.network import NetworkContext
 from rfstore.recorded.progress import Plan, StageProgress, fingerprint
 from rfstore.store.layout import layer_group, rf_specs, write_coordinate
@@ -39,9 +39,9 @@ class RFConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
-            raise RfstoreError(f"--threshold must be in (0, 1], not {self.threshold}")
+            raise UsageError(f"must be in (0, 1], not {self.threshold}", "threshold")
         if self.method not in ("occlusion", "gradient"):
-            raise RfstoreError(f"--method must be occlusion or gradient, not {self.method!r}")
+            raise UsageError(f"must be occlusion or gradient, not {self.method!r}", "method")
 
     def params(self) -> dict[str, object]:
         return {"threshold": self.threshold, "method": self.method}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from rfstore.stats.topk import RunningTopK
-from rfstore.errors import MissingInputError, RfstoreError
+from rfstore.errors import MissingInputError, UsageError
 from rfstore.pipeline.cluster import Task, completed, require_zarr
 from rfstore.pipeline.worker import store_location
 from rfstore.recorded.network import NetworkContext
@@ -35,9 +35,9 @@ class TopKConfig:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise RfstoreError(f"--k must be at least 1, not {self.k}")
+            raise UsageError(f"must be at least 1, not {self.k}", "k")
         if self.measure not in ("max", "mean"):
-            raise RfstoreError(f"--measure must be max or mean, not {self.measure!r}")
+            raise UsageError(f"must be max or mean, not {self.measure!r}", "measure")
 
     def params(self) -> dict[str, object]:
         return {"k": self.k, "measure": self.measure}

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rfstore.datasets import ImageFolderDataset
-from rfstore.errors import RfstoreError
+from rfstore.errors import RfstoreError, UsageError
 from rfstore.models import choose_output, named_outputs, pick_output
 from rfstore.models.inputs import probe_forward
 from rfstore.pipeline.stages.activations import default_workers
@@ -69,13 +69,13 @@ def resolve_class_map(classes: list[str], class_map: dict[str, int], num_classes
         class_map = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(class_map) - set(classes))
     if unknown:
-        raise RfstoreError(f"--class-map names {', '.join(unknown)}, not folders of the dataset ({', '.join(classes)})")
+        raise UsageError(f"names {', '.join(unknown)}, not folders of the dataset ({', '.join(classes)})", "class_map")
     missing = [c for c in classes if c not in class_map]
     if missing:
-        raise RfstoreError(f"--class-map does not map the folder(s) {', '.join(missing)}")
+        raise UsageError(f"does not map the folder(s) {', '.join(missing)}", "class_map")
     bad = {c: i for c, i in class_map.items() if num_classes > 0 and not 0 <= i < num_classes}
     if bad:
-        raise RfstoreError(f"--class-map indices {bad} are outside the network's {num_classes} outputs")
+        raise UsageError(f"indices {bad} are outside the network's {num_classes} outputs", "class_map")
     return dict(class_map)
 
 
