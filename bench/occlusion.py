@@ -116,7 +116,7 @@ def make_images(root: Path, n: int, size: int = 224, workers: int = 1) -> Path:
 def occlusion_benchmark(out: Path, captum_pairs: int) -> None:
     from captum.attr import Occlusion
 
-    from rfstore.occlusion.attribution import pixel_attribution
+    from rfstore.rf.attribution import pixel_attribution
 
     images = make_images(out / "images24", 24)
     store_path = out / "bench.zarr"

@@ -198,7 +198,7 @@ def test_activation_masks_score_seg_mask_dissect(tmp_path: Path) -> None:
         run_dissect(ctx, DissectConfig(), force=True)
         np.testing.assert_allclose(store.read("net/1/concept_iou"), expected_scores(store, data)[0], rtol=1e-6)
     bad = CliRunner().invoke(app, ["dissect", str(path), "--masks", "both"])
-    assert bad.exit_code == 2 and "--masks: must be one of rf, activation" in bad.output
+    assert bad.exit_code == 2 and "Invalid value for '--masks': choose one of rf, activation" in bad.output
 
 
 def test_mask_follows_the_preprocessing_geometry(tmp_path: Path) -> None:

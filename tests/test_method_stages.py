@@ -90,7 +90,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, scene_folder: Path) -> 
 
 def test_discrepancy_matches_captum_occlusion(tiny_store: Path, tmp_path: Path) -> None:
     captum = pytest.importorskip("captum.attr")
-    from rfstore.occlusion.attribution import pixel_attribution
+    from rfstore.rf.attribution import pixel_attribution
     from rfstore.demo.network import tiny_alexnet
     from rfstore.recorded.network import load_images
 

@@ -387,8 +387,10 @@ def test_cli_split_categories_and_errors(broden: Path, tmp_path: Path) -> None:
         assert attrs["categories"] == ["object", "color"] and attrs["images"] == 3
         assert store.read(f"{NETWORK}/features.11/netdissect/category").tolist() == ["object", "color"]
     again = runner.invoke(app, ["dissect", str(path), *nd, "--categories", "object,color"])
-    assert again.exit_code == 0 and "already complete" in again.output
-    changed = runner.invoke(app, ["dissect", str(path), *nd])
+    assert again.exit_code == 0 and "up to date" in again.output
+    reused = runner.invoke(app, ["dissect", str(path), *nd])  # --categories left out: the recorded ones
+    assert reused.exit_code == 0 and "up to date" in reused.output
+    changed = runner.invoke(app, ["dissect", str(path), *nd, "--categories", "object"])
     assert changed.exit_code == 1 and "--force" in changed.output
     assert runner.invoke(app, ["dissect", str(path), *nd, "--split", "train"]).exit_code == 1  # not recorded
     topk_split = runner.invoke(app, ["dissect", str(path), "--split", "val"])

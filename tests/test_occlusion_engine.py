@@ -31,8 +31,8 @@ from rfstore.occlusion import (
     OcclusionEngine,
     OcclusionTarget,
     occlusion_maps,
-    pixel_attribution,
 )
+from rfstore.rf.attribution import pixel_attribution
 from rfstore.occlusion.chain import GEMM_ALIGN, build_steps, trace_chain
 from rfstore.occlusion.geometry import aligned_crop
 from rfstore.occlusion.incremental import check_steps

@@ -1,18 +1,9 @@
-"""The thin Typer command line.
-
-``app`` holds the Typer app and error handling; ``stage_commands`` (init,
-activations, topk, validate, status, rf-theory), ``method_commands`` (occlude,
-rf, segment), ``pipeline_commands`` (run, demo), ``report_commands`` (report, show),
-``dissect_commands`` (dissect, export) and ``compare_commands`` (compare) register their commands.
-"""
+"""The thin Typer command line: ``app`` (errors, progress), ``options`` (every option once), ``commands`` (the
+pipeline's commands, each a :func:`~rfstore.pipeline.run.run_pipeline` call) and ``results`` (commands that read)."""
 from __future__ import annotations
 
-from rfstore.cli import stage_commands as _stage_commands  # noqa: F401 - registers commands
-from rfstore.cli import method_commands as _method_commands  # noqa: F401 - registers commands
-from rfstore.cli import pipeline_commands as _pipeline_commands  # noqa: F401 - registers commands
-from rfstore.cli import report_commands as _report_commands  # noqa: F401 - registers commands
-from rfstore.cli import dissect_commands as _dissect_commands  # noqa: F401 - registers commands
-from rfstore.cli import compare_commands as _compare_commands  # noqa: F401 - registers commands
+from rfstore.cli import commands as _commands  # noqa: F401 - registers the pipeline's commands
+from rfstore.cli import results as _results  # noqa: F401 - registers the commands that read a store
 from rfstore.cli.app import app
 
 

@@ -1,17 +1,29 @@
-"""The ``rfstore`` command line (Typer): build a config, open the store, call a stage.
+"""The ``rfstore`` command line (Typer): the app, one-line errors, progress bars, the store path check.
 
-Exit codes: 0 done, 1 failed (one sentence on stderr, no traceback unless
-``RFSTORE_DEBUG=1``), 2 bad usage.
+Exit codes: 0 done, 1 failed (one sentence on stderr; ``RFSTORE_DEBUG=1`` shows the traceback), 2 bad usage.
+Anything but an :class:`~rfstore.errors.RfstoreError` is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+
+from rfstore import __version__
+
+PIPELINE, RESULTS = "Pipeline (in order)", "Results"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rfstore {__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="rfstore",
@@ -19,7 +31,15 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print rfstore's version and exit.")) -> None:
+    """Empirical receptive fields of CNN units (Zhou et al. 2015), computed into one HDF5 or Zarr store."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,17 +73,24 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def progress_bar(description: str) -> Callable[[Iterator, int], Iterator]:
-    """A tqdm bar over a DataLoader counted in images (off when stderr is not a terminal)."""
+def progress(description: str, total: int, unit: str) -> Callable[[int], None]:
+    """A tqdm bar (off when stderr is not a terminal) that closes itself when full."""
     from tqdm import tqdm
 
-    def wrap(batches: Iterator, total: int) -> Iterator:
-        bar = tqdm(total=total, desc=description, unit="img", disable=None, file=sys.stderr)
-        try:
-            for batch in batches:
-                yield batch
-                bar.update(len(batch[0]))
-        finally:
+    bar = tqdm(total=total, desc=description, unit=unit, disable=None, file=sys.stderr)
+
+    def tick(n: int) -> None:
+        bar.update(n)
+        if bar.n >= total:
             bar.close()
 
-    return wrap
+    return tick
+
+
+def check_store_path(path: Path, must_exist: bool = False) -> None:
+    """A store path's kind and, with ``must_exist``, its presence, checked before anything heavy is loaded."""
+    from rfstore.store import StoreError, backend_for
+
+    backend_for(path)  # a StoreError for any other suffix
+    if must_exist and not path.exists():
+        raise StoreError(f"no store at {path}: create it with 'rfstore init' (or 'rfstore run --model ... --data ...')")

@@ -9,7 +9,6 @@ network), :mod:`~rfstore.occlusion.crop` (per-target crops beyond the prefix) an
 """
 from __future__ import annotations
 
-from rfstore.occlusion.attribution import pixel_attribution
 from rfstore.occlusion.engine import OcclusionEngine, occlusion_maps
 from rfstore.occlusion.plain import plain_maps
 from rfstore.occlusion.types import (
@@ -24,5 +23,5 @@ from rfstore.occlusion.types import (
 
 __all__ = [
     "Occluder", "OccluderError", "LayerGeometry", "OcclusionTarget", "OcclusionStats", "Method", "ImagePlan",
-    "OcclusionEngine", "occlusion_maps", "plain_maps", "pixel_attribution",
+    "OcclusionEngine", "occlusion_maps", "plain_maps",
 ]

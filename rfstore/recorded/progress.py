@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 from rfstore import __version__
 from rfstore.errors import MissingInputError, StageMismatchError
 from rfstore.store import ArraySpec, Store
-from rfstore.store.layout import progress_group
+from rfstore.store.layout import INTERNAL, progress_group
 
 
 def fingerprint(stage: str, version: int, params: dict[str, Any], upstream: list[str]) -> str:
@@ -50,16 +51,13 @@ class Plan(Enum):
     FRESH = "fresh"    # nothing recorded (or --force): do everything
 
 
-#: the stages in pipeline order; forcing one invalidates those after it.
-STAGE_ORDER = ("activations", "topk", "occlude", "rf", "segment", "dissect")
-
-
 @dataclass(frozen=True)
 class StageRecord:
     fingerprint: str
     params: dict[str, Any]
     state: str
     generation: str
+    upstream: tuple[str, ...] = ()
 
     @property
     def token(self) -> str:
@@ -101,21 +99,26 @@ class StageProgress:
         if "fingerprint" not in attrs:
             return None
         return StageRecord(attrs["fingerprint"], attrs.get("params", {}), attrs.get("state", "running"),
-                           attrs.get("generation", ""))
+                           attrs.get("generation", ""), tuple(attrs.get("upstream", ())))
 
     def is_complete(self, expected_fingerprint: str | None = None) -> bool:
         rec = self.record()
         return rec is not None and rec.state == "complete" and (
             expected_fingerprint is None or rec.fingerprint == expected_fingerprint)
 
-    def begin(self, params: dict[str, Any], fp: str, n_blocks: int, force: bool = False, sub_blocks: int = 1) -> Plan:
+    def begin(self, params: dict[str, Any], fp: str, n_blocks: int, force: bool = False, sub_blocks: int = 1,
+              upstream: Sequence[str] = ()) -> Plan:
         """Decide what to do and prepare the bookkeeping for it (``sub_blocks`` flags per block).
+
+        Complete with the same fingerprint: skip. Started with it: resume. Recorded with the same
+        parameters on other upstream results (``upstream``, the stages it reads, were recomputed):
+        start afresh. Recorded with other parameters: an error, unless ``force``. Starting afresh
+        forgets every stage recorded as reading this one's results.
 
         Raises
         ------
         StageMismatchError
-            The stage ran with other parameters (or on other upstream results)
-            and ``force`` is False.
+            The stage ran with other parameters and ``force`` is False.
         """
         rec = self.record()
         if rec is not None and not force:
@@ -126,7 +129,7 @@ class StageProgress:
                 # have created all its arrays yet, so it starts afresh
                 if self._done_length() == n_blocks * sub_blocks and self.done_parts().any():
                     return Plan.RESUME
-            else:
+            elif rec.params != params:
                 raise StageMismatchError(self._mismatch_message(rec.params, params))
         if rec is not None:
             invalidate_downstream(self.store, self.network, self.stage, self.layer)
@@ -136,7 +139,7 @@ class StageProgress:
         self.store.create_array(f"{self.group}/done", ArraySpec((size,), "uint8", ("block",), (max(size, 1),), 0))
         self.store.update_attrs(self.group, {"fingerprint": fp, "params": params, "state": "running",
                                              "generation": uuid.uuid4().hex, "sub_blocks": sub_blocks,
-                                             "rfstore_version": __version__})
+                                             "upstream": list(upstream), "rfstore_version": __version__})
         self.store.flush()
         return Plan.FRESH
 
@@ -181,11 +184,28 @@ class StageProgress:
 
 
 def invalidate_downstream(store: Store, network: str, stage: str, layer: str | None = None) -> None:
-    """Forget every stage after ``stage`` (of ``layer`` only, if given): their inputs are being redone."""
-    if stage not in STAGE_ORDER:
-        return
-    for later in STAGE_ORDER[STAGE_ORDER.index(stage) + 1:]:
-        store.delete(progress_group(network, later, layer))
+    """Forget every stage recorded as reading ``stage``'s results (of ``layer`` only, when the stage works per
+    layer), and what reads theirs, transitively: their inputs are being redone."""
+    for later, later_layer in _records(store, network):
+        record = StageProgress(store, network, later, later_layer).record()
+        if record is None or stage not in record.upstream or (layer is not None and later_layer != layer):
+            continue
+        store.delete(progress_group(network, later, later_layer))
+        invalidate_downstream(store, network, later, later_layer)
+
+
+def _records(store: Store, network: str) -> list[tuple[str, str | None]]:
+    """Every (stage, layer) with bookkeeping in ``network`` (layer None for network-wide stages)."""
+    base = f"{network}/{INTERNAL}"
+    if not store.has(base):
+        return []
+    found: list[tuple[str, str | None]] = []
+    for stage in store.children(base)[0]:
+        if "fingerprint" in store.attrs(f"{base}/{stage}"):
+            found.append((stage, None))
+        found += [(stage, layer) for layer in store.children(f"{base}/{stage}")[0]
+                  if "fingerprint" in store.attrs(f"{base}/{stage}/{layer}")]
+    return found
 
 
 def upstream_token(store: Store, network: str, stage: str, layer: str | None = None, *, needed_by: str) -> str:
@@ -195,3 +215,22 @@ def upstream_token(store: Store, network: str, stage: str, layer: str | None = N
         what = stage if layer is None else f"{stage} for layer {layer}"
         raise MissingInputError(f"{needed_by} needs the {what} results: run 'rfstore {stage} {store.path}' first")
     return record.token
+
+
+def complete_token(store: Store, network: str, stage: str, layer: str | None = None) -> str | None:
+    """The token of a complete stage record, or None (not run, or not finished)."""
+    record = StageProgress(store, network, stage, layer).record()
+    return record.token if record is not None and record.state == "complete" else None
+
+
+def is_current(store: Store, network: str, stage: str, version: int, params: dict[str, Any],
+               upstream: dict[str | None, str | None]) -> bool:
+    """Whether ``stage`` is complete, for every layer of ``upstream`` (``layer -> upstream token``, None for a
+    network-wide stage), with the fingerprint these ``params`` give on those upstream results."""
+    for layer, token in upstream.items():
+        if token is None:
+            return False
+        tracker = StageProgress(store, network, stage, layer)
+        if not tracker.is_complete(fingerprint(stage, version, params, [token])):
+            return False
+    return True

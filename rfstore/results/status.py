@@ -8,9 +8,12 @@ from __future__ import annotations
 import numpy as np
 
 from rfstore.recorded.network import NetworkContext, find_network
-from rfstore.recorded.progress import STAGE_ORDER, StageProgress
+from rfstore.recorded.progress import StageProgress
 from rfstore.store import Store
 from rfstore.store.layout import layer_group
+
+#: the per-layer stages whose state `status` shows, one column each
+LAYER_STAGES = ("topk", "occlude", "rf", "segment", "dissect")
 
 
 def stage_state(store: Store, network: str, stage: str, layer: str | None = None) -> str:
@@ -53,12 +56,12 @@ def _network_status(ctx: NetworkContext) -> list[str]:
                      f"{stage_state(ctx.store, ctx.network, 'netdissect-quantile')}, tally "
                      f"{stage_state(ctx.store, ctx.network, 'netdissect-tally')}")
     header = f"  {'layer':<16}{'kind':<7}{'units':>6}  {'RF theory':>10}" + "".join(
-        f"{stage:>15}" for stage in STAGE_ORDER[1:6]) + f"{'RF empirical':>16}{'labelled':>10}"
+        f"{stage:>15}" for stage in LAYER_STAGES) + f"{'RF empirical':>16}{'labelled':>10}"
     lines.append(header)
     for layer in ctx.layers:
         la = ctx.layer_attrs(layer)
         rf = "x".join(str(v) for v in la["rf_theory_size"]) if "rf_theory_size" in la else "n/a"
-        states = "".join(f"{stage_state(ctx.store, ctx.network, stage, layer):>15}" for stage in STAGE_ORDER[1:6])
+        states = "".join(f"{stage_state(ctx.store, ctx.network, stage, layer):>15}" for stage in LAYER_STAGES)
         lines.append(f"  {layer:<16}{la['kind']:<7}{la['num_units']:>6}  {rf:>10}{states}{_empirical(ctx, layer):>16}"
                      f"{_labelled(ctx, layer):>10}")
     skipped = attrs.get("skipped_files", [])

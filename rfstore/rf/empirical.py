@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from rfstore.occlusion.attribution import pixel_attribution
+from rfstore.rf.attribution import pixel_attribution
 
 DEFAULT_THRESHOLD = 0.5
 

@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from rfstore.pipeline import defaults
+from rfstore.recorded.progress import is_current
+from rfstore.pipeline.stage import Job, Stage, counted
 from rfstore.stats.spatial import spatial_summary
 from rfstore.datasets import ImageFolderDataset
 from rfstore.errors import UsageError
@@ -59,11 +62,11 @@ class ActivationsConfig:
     (a ``view`` of an activation, say) falls back to contiguous by itself.
     """
 
-    batch_size: int = 64
-    device: str = "auto"
+    batch_size: int = defaults.BATCH_SIZE
+    device: str = defaults.DEVICE
     num_workers: int | None = None
     maps: tuple[str, ...] = ()
-    memory_format: str = "auto"
+    memory_format: str = defaults.MEMORY_FORMAT
 
     def __post_init__(self) -> None:
         if self.memory_format not in MEMORY_FORMATS:
@@ -154,7 +157,7 @@ def run_activations(ctx: NetworkContext, config: ActivationsConfig, force: bool 
     fresh = force or record is None or record.fingerprint != fp
     # a run in progress keeps the block size it started with; a fresh one takes the current default
     block = layout.IMAGE_BLOCK if fresh else store.array_spec(f"{network}/image_error").chunks[0]
-    plan = tracker.begin(config.params(), fp, n_blocks(ctx.n_images, block), force)
+    plan = tracker.begin(config.params(), fp, n_blocks(ctx.n_images, block), force, upstream=("init",))
     result = ActivationsResult(plan)
     if plan is Plan.SKIP:
         result.unreadable = unreadable_images(ctx)
@@ -357,3 +360,32 @@ def activations_on_cluster(client: Any, ctx: NetworkContext, config: Any, tracke
     stream = finished() if progress is None else progress(finished(), sum(stop - start for _, start, stop in blocks))
     for _ in stream:
         pass
+
+
+# -- the stage ---------------------------------------------------------------------------
+def _run(job: Job) -> ActivationsResult:
+    progress = None
+    if job.progress is not None:
+        def progress(batches: Iterator, total: int) -> Iterator:
+            return counted(batches, job.ticker("activations", total, "img"), lambda batch: len(batch[0]))
+    return run_activations(job.ctx, job.config, job.force, progress=progress, client=job.client)
+
+
+def summary(result: ActivationsResult, ctx: NetworkContext) -> list[str]:
+    """What the stage did, and the images it could not read."""
+    lines = ["activations: already complete with these settings; nothing to do" if result.plan is Plan.SKIP
+             else f"activations: {result.images_done} images processed"]
+    if result.unreadable:
+        lines.append(f"activations: {len(result.unreadable)} image(s) could not be read and were left out:")
+        lines += [f"  {path}: {reason}" for path, reason in result.unreadable[:20]]
+        if len(result.unreadable) > 20:
+            lines.append(f"  ... and {len(result.unreadable) - 20} more ('rfstore status' lists them all)")
+    return lines
+
+
+def changed(ctx: NetworkContext, config: ActivationsConfig) -> bool:
+    return not is_current(ctx.store, ctx.network, "activations", STAGE_VERSION, config.params(),
+                          {None: ctx.attrs.get("init_fingerprint")})
+
+
+STAGE = Stage("activations", ("init",), ActivationsConfig, _run, summary, changed, distributed=True)

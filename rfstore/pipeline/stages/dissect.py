@@ -34,6 +34,8 @@ files: after changing masks, rerun with ``--force``.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rfstore.pipeline import defaults
+from rfstore.recorded.progress import complete_token, is_current
+from rfstore.pipeline.stage import Job, Stage
 from rfstore.stats.iou import DEFAULT_MIN_IOU, concept_counts, label_units
 from rfstore.errors import MissingInputError, RfstoreError, UsageError
 from rfstore.recorded.network import NetworkContext
@@ -74,8 +79,8 @@ class DissectConfig:
     """
 
     layers: tuple[str, ...] = ()
-    min_iou: float = DEFAULT_MIN_IOU
-    masks: str = "rf"
+    min_iou: float = defaults.MIN_IOU
+    masks: str = defaults.MASKS
 
     def __post_init__(self) -> None:
         if self.masks not in MASK_ARRAYS:
@@ -100,6 +105,7 @@ class DissectResult:
     missing: list[str] = field(default_factory=list)
     without_masks: list[str] = field(default_factory=list)  # segmented, but without the --masks array
     images_without_mask: int = 0
+    mask_array: str = "seg_mask"
 
 
 def concepts_file(root: Path) -> Path:
@@ -176,7 +182,7 @@ def _to_input_grid(mask: Image.Image, ctx: NetworkContext) -> Image.Image:
 def run_dissect(ctx: NetworkContext, config: DissectConfig, force: bool = False) -> DissectResult:
     """Score the segmented units of each layer against every concept; see the module docstring."""
     concepts = read_concepts(ctx.dataset_root)
-    result = DissectResult()
+    result = DissectResult(mask_array=config.mask_array)
     cache: dict[int, np.ndarray | None] = {}  # concept maps by image, shared by the layers
     all_without_mask: set[int] = set()
     for layer in ctx.check_layers(list(config.layers)):
@@ -197,7 +203,8 @@ def run_dissect(ctx: NetworkContext, config: DissectConfig, force: bool = False)
         n_units = ctx.n_units(layer)
         tracker = StageProgress(ctx.store, ctx.network, "dissect", layer)
         params = config.params(concepts)
-        plan = tracker.begin(params, fingerprint("dissect", STAGE_VERSION, params, [seg_record.token]), n_units, force)
+        plan = tracker.begin(params, fingerprint("dissect", STAGE_VERSION, params, [seg_record.token]), n_units, force,
+                             upstream=("segment",))
         if plan is Plan.SKIP:
             result.skipped_layers.append(layer)
             continue
@@ -282,3 +289,56 @@ def _dissect_block(ctx: NetworkContext, layer: str, concepts: tuple[str, ...], c
         rows["concept"][i] = concepts[best[i]]
     for name, values in rows.items():
         ctx.store.write(f"{group}/{name}", block, values)
+
+
+# -- the stage ---------------------------------------------------------------------------
+def _run(job: Job) -> DissectResult:
+    return run_dissect(job.ctx, job.config, job.force)
+
+
+def summary(result: DissectResult, ctx: NetworkContext) -> list[str]:
+    lines = []
+    for layer, n in result.units_done.items():
+        labels = ctx.store.read(f"{layer_group(ctx.network, layer)}/concept")
+        found = Counter(str(name) for name in labels if name)
+        named = ", ".join(f"{name} {count}" for name, count in found.most_common())
+        lines.append(f"dissect: {layer}: {n} unit(s) scored; {sum(found.values())}/{labels.size} labelled"
+                     + (f" ({named})" if named else ""))
+    lines += [f"dissect: {layer}: {n} unit(s) wait for their segmentations ('rfstore segment')"
+              for layer, n in result.waiting.items()]
+    if result.skipped_layers:
+        lines.append(f"dissect: already complete for {', '.join(result.skipped_layers)}; nothing to do there")
+    if result.missing:
+        lines.append(f"dissect: no segmentations yet for {', '.join(result.missing)} ('rfstore segment')")
+    if result.without_masks:
+        lines.append(f"dissect: no {result.mask_array} for {', '.join(result.without_masks)} (their activation maps "
+                     f"were not kept: 'rfstore activations --maps'); left out")
+    if result.images_without_mask:
+        lines.append(f"dissect: {result.images_without_mask} top image(s) have no mask file and were left out")
+    return lines
+
+
+def changed(ctx: NetworkContext, config: DissectConfig) -> bool:
+    if not has_concepts(ctx):
+        return True  # running says why it cannot
+    params = config.params(read_concepts(ctx.dataset_root))
+    layers = ctx.check_layers(list(config.layers))
+    return not is_current(ctx.store, ctx.network, "dissect", STAGE_VERSION, params,
+                          {layer: complete_token(ctx.store, ctx.network, "segment", layer) for layer in layers})
+
+
+def skip(ctx: NetworkContext) -> str | None:
+    """A dataset without concept masks is no reason for a whole run to fail."""
+    if has_concepts(ctx):
+        return None
+    return f"the dataset {ctx.dataset_root} has no concepts.json (no concept masks)"
+
+
+def recorded(params: dict) -> dict:
+    """The recorded parameters as config values (the record names the mask array, the config its kind)."""
+    kinds = {array: kind for kind, array in MASK_ARRAYS.items()}
+    values = {"min_iou": params.get("min_iou"), "masks": kinds.get(params.get("masks"))}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+STAGE = Stage("dissect", ("segment",), DissectConfig, _run, summary, changed, skip=skip, recorded=recorded)

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from rfstore.pipeline import defaults
+from rfstore.pipeline.stage import Job, Stage, counted
 from rfstore.stats.netdissect import DETECTOR_IOU, TOP_QUANTILE, best_labels, iou
 from rfstore.stats.quantile import TopQuantile
 from rfstore.datasets.broden import BrodenDataset, read_broden
@@ -66,11 +68,11 @@ class NetDissectConfig:
     layers: tuple[str, ...] = ()
     split: str | None = None
     categories: tuple[str, ...] = ()
-    min_iou: float = DETECTOR_IOU
-    batch_size: int = 32
-    device: str = "auto"
+    min_iou: float = defaults.MIN_IOU
+    batch_size: int = defaults.NETDISSECT_BATCH_SIZE
+    device: str = defaults.DEVICE
     num_workers: int | None = None
-    checkpoint_seconds: float = 60.0
+    checkpoint_seconds: float = defaults.CHECKPOINT_SECONDS
 
     def params(self) -> dict[str, object]:
         return {"layers": list(self.layers), "split": self.split, "categories": list(self.categories),
@@ -86,6 +88,7 @@ class NetDissectResult:
     images: int = 0
     detectors: dict[str, int] = field(default_factory=dict)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    min_iou: float = 0.04
 
 
 # -- what to dissect ------------------------------------------------------------------
@@ -132,7 +135,7 @@ def make_plan(ctx: NetworkContext, dataset: BrodenDataset, config: NetDissectCon
 
 
 def _begin(ctx: NetworkContext, dataset: BrodenDataset, stage: str, config: NetDissectConfig, upstream: str,
-           force: bool) -> tuple[StageProgress, Plan, DissectionPlan]:
+           force: bool, after: str) -> tuple[StageProgress, Plan, DissectionPlan]:
     """Start or resume a pass; a pass resumed keeps the block size it started with."""
     tracker = StageProgress(ctx.store, ctx.network, stage)
     record = tracker.record()
@@ -140,7 +143,7 @@ def _begin(ctx: NetworkContext, dataset: BrodenDataset, stage: str, config: NetD
     resuming = not force and record is not None and record.fingerprint == fp
     block = int(record.params["block"]) if resuming else layout.IMAGE_BLOCK
     plan = make_plan(ctx, dataset, config, block)
-    return tracker, tracker.begin(config.params() | {"block": block}, fp, plan.n_blocks, force), plan
+    return tracker, tracker.begin(config.params() | {"block": block}, fp, plan.n_blocks, force, upstream=(after,)), plan
 
 
 # -- the stage ------------------------------------------------------------------------
@@ -155,12 +158,12 @@ def run_netdissect(ctx: NetworkContext, config: NetDissectConfig, force: bool = 
     if client is not None:
         require_zarr(ctx.store.path)
     dataset = open_broden(ctx)
-    tracker, plan1, plan = _begin(ctx, dataset, QUANTILE_STAGE, config, ctx.attrs["init_fingerprint"], force)
+    tracker, plan1, plan = _begin(ctx, dataset, QUANTILE_STAGE, config, ctx.attrs["init_fingerprint"], force, "init")
     thresholds = _quantile_pass(ctx, plan, config, tracker, plan1, progress, client)
     token = tracker.record().token
-    tally_tracker, plan2, plan = _begin(ctx, dataset, TALLY_STAGE, config, token, force)
+    tally_tracker, plan2, plan = _begin(ctx, dataset, TALLY_STAGE, config, token, force, QUANTILE_STAGE)
     partials = _tally_pass(ctx, plan, config, thresholds, tally_tracker, plan2, progress, client)
-    result = NetDissectResult(plan1, plan2, partials.images())
+    result = NetDissectResult(plan1, plan2, partials.images(), min_iou=config.min_iou)
     paths = ctx.image_paths()
     result.unreadable = [(str(paths[plan.images[p]]), str(e)) for p, e in enumerate(partials.errors()) if e]
     for layer in plan.layers:
@@ -336,3 +339,38 @@ def _cluster_blocks(ctx: NetworkContext, plan: DissectionPlan, config: NetDissec
     stream = finished() if progress is None else progress(finished(), sum(sizes.values()))
     for _, block_id, value in stream:
         yield block_id, value
+
+
+# -- the stage (``dissect --method netdissect``) ----------------------------------------------
+def _run(job: Job) -> NetDissectResult:
+    progress = None
+    if job.progress is not None:
+        def progress(description: str) -> Callable[[Iterator, int], Iterator]:
+            return lambda batches, total: counted(batches, job.ticker(description, total, "img"),
+                                                  lambda batch: len(batch[0]))
+    return run_netdissect(job.ctx, job.config, job.force, progress=progress, client=job.client)
+
+
+def summary(result: NetDissectResult, ctx: NetworkContext) -> list[str]:
+    from rfstore.pipeline.stages.netdissect_export import detector_summary
+
+    lines = ["dissect: netdissect already complete with these settings; nothing to do"] \
+        if result.tally_plan is Plan.SKIP else []
+    for layer, detectors in result.detectors.items():
+        group = netdissect_group(ctx.network, layer)
+        named = detector_summary(ctx.store.read(f"{group}/label"), ctx.store.read(f"{group}/detector"))
+        lines.append(f"dissect: {layer}: {detectors}/{ctx.n_units(layer)} units detect a concept "
+                     f"(IoU >= {result.min_iou}) over {result.images} images" + (f" ({named})" if named else ""))
+    if result.unreadable:
+        lines.append(f"dissect: {len(result.unreadable)} image(s) could not be read and were left out, e.g. "
+                     f"{result.unreadable[0][0]}: {result.unreadable[0][1]}")
+    return lines
+
+
+def changed(ctx: NetworkContext, config: NetDissectConfig) -> bool:
+    record = StageProgress(ctx.store, ctx.network, TALLY_STAGE).record()
+    return record is None or record.state != "complete" or \
+        {k: v for k, v in record.params.items() if k != "block"} != config.params()
+
+
+STAGE = Stage("netdissect", ("init",), NetDissectConfig, _run, summary, changed, distributed=True, record=TALLY_STAGE)

@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from rfstore.pipeline import defaults
+from rfstore.recorded.progress import complete_token, is_current
+from rfstore.pipeline.stage import Job, Stage
 from rfstore.errors import RfstoreError, UsageError
 from rfstore.occlusion import LayerGeometry, Occluder, OccluderError, OcclusionEngine, OcclusionStats, OcclusionTarget
 from rfstore.pipeline.cluster import Task, completed, require_zarr
@@ -54,16 +57,16 @@ class OccludeConfig:
     they never change a result.
     """
 
-    size: int = 11
-    stride: int = 3
-    fill: str = "noise"
-    seed: int = 0
+    size: int = defaults.OCCLUDER_SIZE
+    stride: int = defaults.OCCLUDER_STRIDE
+    fill: str = defaults.OCCLUDER_FILL
+    seed: int = defaults.NOISE_SEED
     layers: tuple[str, ...] = ()
     units: slice | None = None
-    device: str = "auto"
-    batch_size: int = 256
-    dtype: str = "float32"
-    images_per_task: int = 16
+    device: str = defaults.DEVICE
+    batch_size: int = defaults.POSITIONS_PER_BATCH
+    dtype: str = defaults.OCCLUDER_DTYPE
+    images_per_task: int = defaults.IMAGES_PER_TASK
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -133,7 +136,7 @@ def prepare_layer(ctx: NetworkContext, layer: str, config: OccludeConfig, force:
     upstream = upstream_token(ctx.store, ctx.network, "topk", layer, needed_by="occlude")
     tracker = StageProgress(ctx.store, ctx.network, "occlude", layer)
     fp = fingerprint("occlude", STAGE_VERSION, config.params(), [upstream])
-    plan = tracker.begin(config.params(), fp, n_units, force, sub_blocks=k)
+    plan = tracker.begin(config.params(), fp, n_units, force, sub_blocks=k, upstream=("topk",))
     if plan is Plan.SKIP:
         return None
     if plan is Plan.FRESH:
@@ -337,3 +340,45 @@ def _on_cluster(client: Any, ctx: NetworkContext, config: OccludeConfig, by_imag
         result.images += n
         if tick:
             tick(n)
+
+
+# -- the stage ---------------------------------------------------------------------------
+def _run(job: Job) -> OccludeResult:
+    progress = None if job.progress is None else (lambda total: job.ticker("occlude", total, "img"))
+    return run_occlude(job.ctx, job.config, job.force, progress=progress, client=job.client)
+
+
+def summary(result: OccludeResult, ctx: NetworkContext) -> list[str]:
+    lines = [f"occlude: {layer}: {n} map(s) computed, {result.units_done.get(layer, 0)} unit(s) complete"
+             for layer, n in result.maps_done.items()]
+    if result.skipped_layers:
+        lines.append(f"occlude: already complete for {', '.join(result.skipped_layers)}; nothing to do there")
+    if not result.maps_done and not result.skipped_layers:
+        lines.append("occlude: the selected units were already done")
+    return lines
+
+
+def changed(ctx: NetworkContext, config: OccludeConfig) -> bool:
+    layers = ctx.check_layers(list(config.layers))
+    if not is_current(ctx.store, ctx.network, "occlude", STAGE_VERSION, config.params(),
+                      {layer: complete_token(ctx.store, ctx.network, "topk", layer) for layer in layers}):
+        # complete or not, a layer whose selected maps are all done has nothing to compute
+        return any(_has_work(ctx, layer, config) for layer in layers)
+    return False
+
+
+def _has_work(ctx: NetworkContext, layer: str, config: OccludeConfig) -> bool:
+    tracker = StageProgress(ctx.store, ctx.network, "occlude", layer)
+    record = tracker.record()
+    if record is None or complete_token(ctx.store, ctx.network, "topk", layer) is None:
+        return True
+    fp = fingerprint("occlude", STAGE_VERSION, config.params(), [complete_token(ctx.store, ctx.network, "topk", layer)])
+    if record.fingerprint != fp:
+        return True
+    images = ctx.store.read(f"{layer_group(ctx.network, layer)}/topk_image")
+    units = selected_units(ctx, layer, config.units)
+    parts = tracker.done_parts().reshape(-1, images.shape[1])
+    return bool(((images[units] >= 0) & ~parts[units]).any())
+
+
+STAGE = Stage("occlude", ("topk",), OccludeConfig, _run, summary, changed, distributed=True)

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rfstore.pipeline import defaults
+from rfstore.recorded.progress import complete_token, is_current
+from rfstore.pipeline.stage import Job, Stage
 from rfstore.rf.empirical import DEFAULT_THRESHOLD, rf_size_from_map, unit_rf_map, window_radius
 from rfstore.errors import MissingInputError, UsageError
 from rfstore.recorded.network import NetworkContext
@@ -32,10 +35,10 @@ READ_UNITS = 64
 
 @dataclass(frozen=True)
 class RFConfig:
-    threshold: float = DEFAULT_THRESHOLD
-    method: str = "occlusion"
+    threshold: float = defaults.RF_THRESHOLD
+    method: str = defaults.RF_METHOD
     layers: tuple[str, ...] = ()
-    device: str = "auto"
+    device: str = defaults.DEVICE
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
@@ -79,7 +82,8 @@ def run_rf(ctx: NetworkContext, config: RFConfig, force: bool = False) -> RFResu
         token, available = upstream
         n_units = ctx.n_units(layer)
         tracker = StageProgress(ctx.store, ctx.network, "rf", layer)
-        plan = tracker.begin(config.params(), fingerprint("rf", STAGE_VERSION, config.params(), [token]), n_units, force)
+        plan = tracker.begin(config.params(), fingerprint("rf", STAGE_VERSION, config.params(), [token]), n_units, force,
+                             upstream=(stage,))
         if plan is Plan.SKIP:
             continue
         group = layer_group(ctx.network, layer)
@@ -162,3 +166,27 @@ def _unit_runs(units: np.ndarray, longest: int) -> list[np.ndarray]:
     """``units`` (increasing) cut into runs of consecutive units, each at most ``longest`` long."""
     cuts = np.flatnonzero(np.diff(units) != 1) + 1
     return [run[i: i + longest] for run in np.split(units, cuts) if run.size for i in range(0, run.size, longest)]
+
+
+# -- the stage ---------------------------------------------------------------------------
+def _run(job: Job) -> RFResult:
+    return run_rf(job.ctx, job.config, job.force)
+
+
+def summary(result: RFResult, ctx: NetworkContext) -> list[str]:
+    lines = [f"rf: {layer}: {n} unit(s) done" for layer, n in result.units_done.items()]
+    lines += [f"rf: {layer}: {n} unit(s) wait for their discrepancy maps ('rfstore occlude')"
+              for layer, n in result.waiting.items()]
+    if result.missing:
+        lines.append(f"rf: no discrepancy maps yet for {', '.join(result.missing)} ('rfstore occlude')")
+    return lines
+
+
+def changed(ctx: NetworkContext, config: RFConfig) -> bool:
+    stage = "occlude" if config.method == "occlusion" else "topk"
+    layers = ctx.check_layers(list(config.layers))
+    return not is_current(ctx.store, ctx.network, "rf", STAGE_VERSION, config.params(),
+                          {layer: complete_token(ctx.store, ctx.network, stage, layer) for layer in layers})
+
+
+STAGE = Stage("rf", ("occlude",), RFConfig, _run, summary, changed)

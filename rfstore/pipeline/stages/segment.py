@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rfstore.recorded.progress import complete_token, is_current
+from rfstore.pipeline.stage import Job, Stage
 from rfstore.rf.empirical import rf_centre_pixels, rf_mask
 from rfstore.errors import MissingInputError
 from rfstore.recorded.network import NetworkContext
@@ -97,7 +99,7 @@ def run_segment(ctx: NetworkContext, config: SegmentConfig, force: bool = False)
         k = int(ctx.layer_attrs(layer)["topk_k"])
         tracker = StageProgress(ctx.store, ctx.network, "segment", layer)
         plan = tracker.begin(config.params(), fingerprint("segment", STAGE_VERSION, config.params(), [rf_record.token]),
-                             n_units, force)
+                             n_units, force, upstream=("rf",))
         if plan is Plan.SKIP:
             continue
         has_maps = ctx.store.is_array(f"{group}/act_map")
@@ -151,3 +153,21 @@ def _dissect_masks(ctx: NetworkContext, layer: str, unit: int, images: np.ndarra
         masks[rank] = (up.numpy() >= level).astype(np.uint8)
     ctx.store.write(f"{group}/seg_mask_dissect", unit, masks)
     ctx.store.write(f"{group}/seg_threshold_dissect", unit, np.float32(level))
+
+
+# -- the stage ---------------------------------------------------------------------------
+def _run(job: Job) -> dict[str, int]:
+    return run_segment(job.ctx, job.config, job.force)
+
+
+def summary(done: dict[str, int], ctx: NetworkContext) -> list[str]:
+    return ["segment: " + (", ".join(f"{layer}: {n} unit(s)" for layer, n in done.items() if n) or "nothing to do")]
+
+
+def changed(ctx: NetworkContext, config: SegmentConfig) -> bool:
+    layers = ctx.check_layers(list(config.layers))
+    return not is_current(ctx.store, ctx.network, "segment", STAGE_VERSION, config.params(),
+                          {layer: complete_token(ctx.store, ctx.network, "rf", layer) for layer in layers})
+
+
+STAGE = Stage("segment", ("rf",), SegmentConfig, _run, summary, changed)

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from rfstore.pipeline import defaults
+from rfstore.recorded.progress import complete_token, is_current
+from rfstore.pipeline.stage import Job, Stage
 from rfstore.stats.topk import RunningTopK
 from rfstore.errors import MissingInputError, UsageError
 from rfstore.pipeline.cluster import Task, completed, require_zarr
@@ -30,8 +33,8 @@ STAGE_VERSION = 1
 
 @dataclass(frozen=True)
 class TopKConfig:
-    k: int = 10
-    measure: str = "max"
+    k: int = defaults.K
+    measure: str = defaults.MEASURE
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -56,7 +59,7 @@ def run_topk(ctx: NetworkContext, config: TopKConfig, force: bool = False, clien
     for layer in ctx.layers:
         tracker = StageProgress(ctx.store, ctx.network, "topk", layer)
         fp = fingerprint("topk", STAGE_VERSION, config.params(), [upstream])
-        plan = tracker.begin(config.params(), fp, 1, force)
+        plan = tracker.begin(config.params(), fp, 1, force, upstream=("activations",))
         plans[layer] = plan
         if plan is Plan.SKIP:
             continue
@@ -119,3 +122,25 @@ def layer_topk_on_cluster(client: Any, ctx: NetworkContext, layer: str, config: 
     for state in completed(client, tasks):
         merged.merge(RunningTopK.from_state_dict(state))
     return merged.result()
+
+
+# -- the stage ---------------------------------------------------------------------------
+def _run(job: Job) -> dict[str, Plan]:
+    return run_topk(job.ctx, job.config, job.force, client=job.client)
+
+
+def summary(plans: dict[str, Plan], ctx: NetworkContext) -> list[str]:
+    done = [layer for layer, plan in plans.items() if plan is not Plan.SKIP]
+    if not done:
+        return ["topk: already complete with these settings; nothing to do"]
+    k, measure = (ctx.layer_attrs(done[0]).get(key) for key in ("topk_k", "topk_measure"))
+    return [f"topk: K={k} by {measure} for {len(done)} layer(s)"]
+
+
+def changed(ctx: NetworkContext, config: TopKConfig) -> bool:
+    token = complete_token(ctx.store, ctx.network, "activations")
+    return not is_current(ctx.store, ctx.network, "topk", STAGE_VERSION, config.params(),
+                          {layer: token for layer in ctx.layers})
+
+
+STAGE = Stage("topk", ("activations",), TopKConfig, _run, summary, changed, distributed=True)

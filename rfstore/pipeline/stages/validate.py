@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from rfstore.pipeline import defaults
+from rfstore.pipeline.stage import Job, Stage, counted
 from rfstore.datasets import ImageFolderDataset
 from rfstore.errors import RfstoreError, UsageError
 from rfstore.models import choose_output, named_outputs, pick_output
@@ -43,8 +45,8 @@ STAGE_VERSION = 1
 class ValidateConfig:
     class_map: dict[str, int] = field(default_factory=dict)
     output: str | None = None
-    batch_size: int = 64
-    device: str = "auto"
+    batch_size: int = defaults.BATCH_SIZE
+    device: str = defaults.DEVICE
     num_workers: int | None = None
 
 
@@ -112,7 +114,7 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
     model = ctx.load_model().module.to(device)
     scores_label, n_outputs = scores_output(ctx, model, config.output)  # errors come before the stage starts
     resolve_class_map(classes, class_map, n_outputs)
-    tracker.begin(params, fp, 1, force)
+    tracker.begin(params, fp, 1, force, upstream=("init",))
 
     labels = ctx.store.read(f"{ctx.network}/image_label")
     indices = [int(i) for i in np.flatnonzero(labels >= 0)]
@@ -155,3 +157,23 @@ def format_report(report: ValidationReport) -> str:
     for name, row in zip(report.classes, report.confusion):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
+
+
+# -- the stage ---------------------------------------------------------------------------
+def _run(job: Job) -> ValidationReport:
+    progress = None
+    if job.progress is not None:
+        def progress(batches: Iterator, total: int) -> Iterator:
+            return counted(batches, job.ticker("validate", total, "img"), lambda batch: len(batch[0]))
+    return run_validate(job.ctx, job.config, job.force, progress=progress)
+
+
+def summary(report: ValidationReport, ctx: NetworkContext) -> list[str]:
+    return format_report(report).splitlines()
+
+
+def changed(ctx: NetworkContext, config: ValidateConfig) -> bool:
+    return True  # cheap when complete: run_validate reads the stored report back
+
+
+STAGE = Stage("validate", ("init",), ValidateConfig, _run, summary, changed)
