@@ -37,9 +37,9 @@ __all__ = ["PlanRow", "RunPlan", "plan_run", "plan_pipeline", "format_plan", "du
 
 DAY = 86400.0
 TOPK_SECONDS_PER_VALUE = 4e-9
-"""Running top-K update, per (image, unit) value (measured: 2-5 ns on a 2-core x86_64)."""
+"""Running top-K update, seconds per (image, unit) value: the cost model's prior for one CPU core."""
 DISSECT_SECONDS_PER_MASK = 2e-4
-"""Scoring one segmentation against every concept's mask (measured: 0.1-0.3 ms at 224 x 224 px)."""
+"""Scoring one segmentation against every concept's mask, seconds at 224 x 224 px: the cost model's prior."""
 LAYER_META_OPS = 12
 """Arrays created and attributes changed per layer by a stage (its bookkeeping included)."""
 OVERLAP = 0.25

@@ -157,8 +157,7 @@ class NetworkContext:
 class ParameterCheck:
     """:meth:`NetworkContext.check_parameters` on a background thread.
 
-    Hashing a large network's parameters takes seconds (1.2 s for AlexNet's
-    244 MB); ``hashlib`` releases the GIL, so the check runs while the first
+    Hashing a large network's parameters takes seconds; ``hashlib`` releases the GIL, so the check runs while the first
     batches compute. :meth:`result` waits for it and raises on a mismatch;
     call it before the first write. The tensors are captured at construction,
     so the module may then be moved or converted.

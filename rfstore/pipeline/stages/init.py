@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torchvision
 
-from rfstore import __version__
+from rfstore.version import __version__
 from rfstore.rf.theory import ReceptiveFieldError, theoretical_receptive_fields
 from rfstore.datasets import BadImageError, ImageFolderIndex, Preprocessing, load_rgb, scan_image_folder
 from rfstore.datasets.broden import BrodenDataset, is_broden, read_broden
