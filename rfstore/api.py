@@ -24,7 +24,7 @@ the pictures read the unit's arrays and its top images from the dataset.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,16 @@ class NetworkResults:
             tables = [LayerReader(ctx, layer).table() for layer in ctx.layers]
         return rf_depth_figure(tables, self.name)
 
+    def __iter__(self) -> Iterator[str]:
+        """The layer names, in recorded order (as a mapping of layer -> dataset)."""
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.layers
+
     def __repr__(self) -> str:
         return f"NetworkResults({self.name!r}, {len(self.layers)} layers: {', '.join(self.layers)})"
 
@@ -155,6 +165,16 @@ class StoreResults:
             raise KeyError(f"no network {network!r} in {self.path}; it has {', '.join(self.networks)}")
         attrs = self._attrs[network]
         return NetworkResults(self.path, network, attrs, list(attrs.get("layers", [])))
+
+    def __iter__(self) -> Iterator[str]:
+        """The network names (as a mapping of network -> :class:`NetworkResults`)."""
+        return iter(self.networks)
+
+    def __len__(self) -> int:
+        return len(self.networks)
+
+    def __contains__(self, network: object) -> bool:
+        return network in self.networks
 
     def __repr__(self) -> str:
         return f"StoreResults({str(self.path)!r}, networks={self.networks})"

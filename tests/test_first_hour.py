@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from conftest import HAND_CNN
+from conftest import HAND_CNN, write_tiny_folder
+from test_networks import SIZE
 from rfstore.cli import app
 from rfstore.store import open_store
 from rfstore.store.layout import layer_group
@@ -132,3 +133,48 @@ def test_help_shows_choices_and_the_extra_by_its_name() -> None:
     order = [listed.index(f"  {name} ") for name in ("init", "activations", "topk", "occlude", "rf", "segment",
                                                       "dissect")]
     assert order == sorted(order)
+
+
+def test_patterns_and_types_select_recorded_layers_in_every_stage(first_run: Path, tmp_path: Path) -> None:
+    again = invoke("run", first_run, "--layers", "type:ReLU", "--units", "0:2")  # layers 1 and 4 are ReLUs
+    assert again.exit_code == 0, again.output
+    assert occluded_units(first_run, "1") == [0, 1]
+    assert invoke("occlude", first_run, "--layers", "[4]", "--units", "0:1").exit_code == 0
+    report = tmp_path / "rep"
+    assert invoke("report", first_run, "--out", report, "--layers", "?", "--units", "0:1").exit_code == 0
+    assert sorted(p.name for p in (report / NETWORK).iterdir() if p.is_dir()) == ["1", "4"]
+    for selection in ("type:Conv2d", "no*"):  # recorded layers only: the convolutions were not recorded
+        refused = invoke("occlude", first_run, "--layers", selection)
+        assert refused.exit_code == 1 and f"{selection} not in the store; " in refused.stderr
+        assert "it records: 1, 4" in refused.stderr
+
+
+def test_validate_records_the_output_it_found(tmp_path: Path) -> None:
+    """Naming the output validate chose by itself is no change; naming another one is."""
+    images = write_tiny_folder(tmp_path / "images", n_per_class=2, size=SIZE)
+    store = tmp_path / "s.zarr"
+    model = f"{Path(__file__).parent / 'test_networks.py'}:namedtuple_net"
+    assert invoke("init", store, "--model", model, "--data", images, "--preprocess", "tensor").exit_code == 0
+    first = invoke("validate", store, "--output", "aux", "--workers", "0")
+    assert first.exit_code == 0 and "class scores: output aux, 2 columns" in first.stdout, first.output
+    same = invoke("validate", store, "--output", "1", "--workers", "0")  # position 1 is aux
+    assert same.exit_code == 0 and "accuracy" in same.stdout, same.output
+    other = invoke("validate", store, "--output", "main", "--workers", "0")
+    assert other.exit_code == 1 and "--force" in other.stderr
+
+
+def test_plan_and_occlude_say_what_the_occluder_cannot_measure(tmp_path: Path, tiny_folder: Path) -> None:
+    """8 px images, a 5 px occluder at stride 2: positions 0, 2 leave pixel 7 uncovered; layer 1's RF is 3 px."""
+    store = tmp_path / "s.zarr"
+    assert invoke("init", store, "--model", HAND_CNN, "--data", tiny_folder, "--preprocess", "tensor",
+                  "--layers", "1,4").exit_code == 0
+    options = ("--k", "2", "--size", "5", "--stride", "2", "--workers", "0")
+    uncovered = "never covers the last 1 row(s) and 1 column(s) of the 8x8 input; a stride that divides 3"
+    small = "the theoretical RF of layer(s) 1 is smaller than the 5 px occluder"
+    planned = invoke("plan", store, *options)
+    assert planned.exit_code == 0 and uncovered in planned.stdout and small in planned.stdout, planned.output
+    ran = invoke("run", store, *options)
+    assert ran.exit_code == 0 and f"occlude: note: the 5 px occluder at stride 2 {uncovered}" in ran.stderr
+    assert f"occlude: note: {small}" in ran.stderr
+    fitting = invoke("plan", store, "--k", "2", "--size", "3", "--stride", "1", "--workers", "0")
+    assert "note:" not in fitting.stdout, fitting.output

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from rfstore.pipeline.registry import STAGES
 from rfstore.pipeline.run import PipelineConfig, initialised, recorded_params, run_pipeline_asked
 from rfstore.pipeline.stage import resolve_config
 from rfstore.pipeline.stages.init import run_init
-from rfstore.pipeline.stages.occlude import OccludeConfig, selected_units
+from rfstore.pipeline.stages.occlude import OccludeConfig, occluder_notes, selected_units
 from rfstore.recorded.network import NetworkContext
 from rfstore.recorded.progress import StageProgress
 from rfstore.store import open_store
@@ -68,6 +68,7 @@ class PlanRow:
 class RunPlan:
     rows: list[PlanRow]
     machine: Machine
+    notes: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -272,7 +273,8 @@ def plan_run(ctx: NetworkContext, occlude: OccludeConfig, k: int, maps: tuple[st
                       occlude, k),
             *_rf(ctx, machine, layers, occlude, k), *_segment(ctx, machine, layers, k),
             *_dissect(ctx, machine, layers, k)]
-    return RunPlan(rows, machine)
+    occluded = [layer for layer in layers if "rf_theory_size" in ctx.layer_attrs(layer)]
+    return RunPlan(rows, machine, occluder_notes(ctx, occlude, occluded))
 
 
 def plan_pipeline(store: str | Path, config: PipelineConfig, say: Callable[[str], None]) -> RunPlan:
@@ -343,9 +345,10 @@ def format_plan(plan: RunPlan) -> str:
     lines.append(f"total: about {duration(total)} on this machine; {_size(plan.nbytes)} in the store (uncompressed)")
     m = plan.machine
     lines.append(f"calibration: {m.forward_image * 1e3:.1f} ms per image forward, "
-                 f"{1e-9 / m.forward_mac / FORWARD_COST:.0f} G multiply-adds/s in the network's modules, "
-                 f"{1e-9 / max(m.incremental, 1e-30):.0f} G cost units/s incremental, "
+                 f"{1e-9 / m.forward_mac / FORWARD_COST:.3g} G multiply-adds/s in the network's modules, "
+                 f"{1e-9 / max(m.incremental, 1e-30):.3g} G cost units/s incremental, "
                  f"{1e-6 / max(m.write, 1e-30):.0f} MB/s and {m.chunk * 1e3:.1f} ms per chunk store writes")
+    lines += [f"note: {note}" for note in plan.notes]
     if total > DAY:
         lines.append(f"warning: this would take about {duration(total)}; select fewer layers (--layers) or units "
                      f"(--units), use a smaller K (--k), a larger --stride, or run on a GPU or a cluster")
