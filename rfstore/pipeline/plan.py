@@ -180,7 +180,7 @@ def _occlude(ctx: NetworkContext, machine: Machine, engine: OcclusionEngine, lay
             cost, macs, passes = cost + work.cost, macs + image_macs, passes + image_passes
         images = len(by_image)
     else:
-        cost, macs, passes, images = _occlude_bound(ctx, engine, layers, counts, hw, n_oy * n_ox)
+        cost, macs, passes, images = _occlude_bound(ctx, machine, engine, layers, counts, hw, n_oy * n_ox)
     compute = machine.model_load + cost * machine.incremental + macs * machine.forward_mac + images * machine.image_load
     writes = machine.io(targets, targets * map_bytes)  # on a background thread while the next image computes
     seconds = max(compute, writes) + OVERLAP * min(compute, writes)
@@ -188,9 +188,35 @@ def _occlude(ctx: NetworkContext, machine: Machine, engine: OcclusionEngine, lay
                     bound=not exact, units=targets), *rows]
 
 
-def _occlude_bound(ctx: NetworkContext, engine: OcclusionEngine, layers: list[str], counts: dict[str, int],
-                   hw: tuple[int, int], positions: int) -> tuple[float, float, int, int]:
-    """Upper bounds before ``topk``: every target on its own image, each image one whole shared pass."""
+def _occlude_bound(ctx: NetworkContext, machine: Machine, engine: OcclusionEngine, layers: list[str],
+                   counts: dict[str, int], hw: tuple[int, int], positions: int) -> tuple[float, float, int, int]:
+    """Upper bounds before ``topk`` (cost units, multiply-adds, occluded inputs, images): the cheaper of every
+    image one whole shared pass, and every map computed alone (the planner never does worse than either)."""
+    shared = _shared_bound(ctx, engine, layers, counts, hw, positions)
+    alone = _alone_bound(ctx, engine, layers, counts, hw)
+    return min(shared, alone, key=lambda bound: bound[0] * machine.incremental + bound[1] * machine.forward_mac)
+
+
+def _alone_bound(ctx: NetworkContext, engine: OcclusionEngine, layers: list[str], counts: dict[str, int],
+                 hw: tuple[int, int]) -> tuple[float, float, int, int]:
+    """Every map on its own image, its unit in the middle of the layer's map (where its cone is widest)."""
+    cost = macs = 0.0
+    passes = 0
+    for layer in layers:
+        if not counts[layer]:
+            continue
+        shape = ctx.layer_attrs(layer)["output_shape"]
+        y, x = (shape[-2] // 2, shape[-1] // 2) if len(shape) == 3 else (0, 0)
+        work, target_passes, target_macs = engine.estimate([OcclusionTarget(0, layer, 0, y, x)],
+                                                           ctx.input_channels, hw)
+        cost, macs = cost + counts[layer] * work.cost, macs + counts[layer] * target_macs
+        passes += counts[layer] * target_passes
+    return cost, macs, passes, min(ctx.n_images, sum(counts.values()))
+
+
+def _shared_bound(ctx: NetworkContext, engine: OcclusionEngine, layers: list[str], counts: dict[str, int],
+                  hw: tuple[int, int], positions: int) -> tuple[float, float, int, int]:
+    """Every image a top image of some map, each image one whole shared pass to the deepest layer."""
     prefix = engine.prefix
     images = min(ctx.n_images, sum(counts.values()))
     steps = [prefix.layer_step[layer] + 1 for layer in layers if layer in prefix.layer_step]
