@@ -33,7 +33,23 @@ from rfstore.store import backend_for, open_store
 from rfstore.store.layout import INTERNAL
 
 
+#: what ``pip install 'rfstore[xarray]'`` adds: the modules the xarray views need, per backend.
+_VIEW_MODULES = {"zarr": ("xarray",), "hdf5": ("xarray", "h5netcdf")}
+
+
+def _require_view_modules(path: Path) -> None:
+    """One line naming the extra to install when xarray (or, for HDF5 stores, h5netcdf) is missing."""
+    import importlib.util
+
+    needed = _VIEW_MODULES[backend_for(path)]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(f"rfstore.open(...)[network][layer] needs {' and '.join(missing)}: "
+                                  f"pip install 'rfstore[xarray]'", name=missing[0])
+
+
 def _open_group(path: Path, group: str) -> Any:
+    _require_view_modules(path)
     import xarray as xr
 
     if backend_for(path) == "zarr":
