@@ -142,8 +142,9 @@ class JournaledFile:
         fsync the journal before each overwrite and the file at each commit, so that
         a power loss, not only a killed process, leaves a recoverable file.
     before_write : callable, optional
-        Called with the size of every write (journal or file) before it happens; a
-        test hook that may raise ``OSError`` (see :mod:`rfstore.store.faults`).
+        Called with the size of every write (journal or file) before it happens; it may
+        raise ``OSError``, which the write then reports as its own failure (the HDF5
+        backend passes none; the test suite's fault injection passes one).
 
     Notes
     -----

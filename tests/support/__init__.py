@@ -1,0 +1,1 @@
+"""Test support code: fault injection (:mod:`support.faults`) and the rfstore launcher that installs it."""
