@@ -47,7 +47,9 @@ def test_init_activations_topk_status_validate(tmp_path: Path, tiny_folder: Path
     assert top.returncode == 0, top.stderr
     clash = cli("topk", str(store), "--k", "4")
     assert clash.returncode == 1
-    assert clash.stderr.startswith("error: ") and "--force" in clash.stderr and "Traceback" not in clash.stderr
+    first, last = clash.stderr.splitlines()[0], clash.stderr.splitlines()[-1]
+    assert "the factory's weights, seed 0" in first  # every run of a stage says which weights it uses
+    assert last.startswith("error: ") and "--force" in last and "Traceback" not in clash.stderr
     status = cli("status", str(store))
     assert status.returncode == 0, status.stderr
     assert "activations: complete" in status.stdout and "network hand" in status.stdout

@@ -20,10 +20,11 @@ from typing import Any
 from rfstore.errors import UsageError
 from rfstore.pipeline.cluster import ClusterSpec, require_zarr, session
 from rfstore.pipeline.stage import Job, Progress, Stage, resolve_config
-from rfstore.pipeline.stages.init import InitConfig, InitResult, run_init
+from rfstore.pipeline.stages.init import InitConfig, InitResult, prepare_init, run_init
 from rfstore.recorded.network import NetworkContext
 from rfstore.recorded.progress import StageProgress
-from rfstore.store import open_store
+from rfstore.results.status import describe_weights
+from rfstore.store import open_store, remove_store
 
 __all__ = ["PipelineConfig", "PipelineResult", "run_pipeline", "recorded_params", "initialised", "run_pipeline_asked"]
 
@@ -137,9 +138,11 @@ def run_pipeline(store: str | Path, config: PipelineConfig | None = None, *, say
     stages = [stage for name, stage in STAGES.items() if name in names]
     with _client(path, config.cluster, any(s.distributed for s in stages), say) as client, \
             open_store(path, "a") as st:
-        for stage in stages:
+        for n, stage in enumerate(stages):
             ctx = NetworkContext.open(st, result.network)
             result.network = ctx.network
+            if n == 0:
+                say(f"{ctx.network}: {ctx.model_spec.spec}, {describe_weights(ctx.attrs['model'])}")
             reason = stage.skip(ctx) if stage.skip is not None and config.stages is None else None
             if reason is not None:
                 say(f"{stage.name}: skipped: {reason}")
@@ -163,8 +166,16 @@ def run_pipeline(store: str | Path, config: PipelineConfig | None = None, *, say
 
 
 def _init(path: Path, init: InitConfig, force: bool, say: Say) -> InitResult:
-    with open_store(path, "a") as store:
-        outcome = run_init(store, init, force)
+    """Record the network; a failed init leaves no store behind where there was none."""
+    recording = prepare_init(init)  # every check of the model and the images, before anything is written
+    existed = path.exists()
+    try:
+        with open_store(path, "a") as store:
+            outcome = run_init(store, recording, force)
+    except BaseException:
+        if not existed:
+            remove_store(path)
+        raise
     if outcome.already_done:
         say(f"init: {outcome.network} already recorded in {path} with these settings; nothing to do")
     else:

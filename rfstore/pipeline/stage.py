@@ -13,10 +13,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from rfstore.errors import UsageError
 from rfstore.recorded.network import NetworkContext
 
-__all__ = ["Stage", "Job", "Progress", "Ticker", "order", "counted", "resolve_config"]
+__all__ = ["Stage", "Job", "Progress", "Ticker", "order", "counted", "resolve_config", "unit_mask"]
 
 Ticker = Callable[[int], None]
 """Called with the amount of work just finished."""
@@ -132,6 +134,13 @@ def _like(spec: dataclasses.Field, value: Any) -> Any:
     if isinstance(value, list) and "tuple" in str(spec.type):
         return tuple(value)
     return value
+
+
+def unit_mask(n_units: int, units: slice | None) -> np.ndarray:
+    """``(n_units,)`` bool: the units a ``--units`` selection keeps (all without one)."""
+    mask = np.zeros(n_units, dtype=bool)
+    mask[slice(None) if units is None else units] = True
+    return mask
 
 
 def counted(items: Iterator, tick: Ticker | None, size: Callable[[Any], int]) -> Iterator:

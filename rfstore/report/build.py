@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfstore.errors import RfstoreError, UsageError
+from rfstore.errors import MissingInputError, RfstoreError, UsageError
 from rfstore.report import figures, pages, plots
 from rfstore.results.layers import ImageCache, LayerReader, LayerTable, UnitData
 from rfstore.results.compare import compare_networks, network_names
@@ -281,7 +281,15 @@ def unit_picture(store: Store, layer: str, unit: int, network: str | None = None
 
 
 def run_show(store: Store, config: ShowConfig) -> Path:
-    """Write one unit's montage, discrepancy maps and RF heat map as one picture."""
+    """Write one unit's montage, discrepancy maps and RF heat map as one picture; a unit whose maps are not
+    computed yet is an error naming the command that computes them."""
+    ctx = NetworkContext.open(store, config.network)
+    ctx.check_layers([config.layer])
+    reader = LayerReader(ctx, config.layer)
+    if 0 <= config.unit < reader.info.n_units and reader.unit(config.unit).discrepancy is None:
+        raise MissingInputError(f"unit {config.unit} of layer {config.layer} has no discrepancy maps yet: run "
+                                f"'rfstore occlude {store.path} --layers {config.layer} --units {config.unit}' "
+                                f"(then 'rfstore rf' and 'rfstore segment' with the same selection)")
     picture = unit_picture(store, config.layer, config.unit, config.network, config.scale)
     if config.out.parent and not config.out.parent.exists():
         raise RfstoreError(f"folder {config.out.parent} does not exist")

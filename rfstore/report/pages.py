@@ -312,7 +312,8 @@ def unit_page(unit: UnitData, network_label: str, images: dict[str, str], paths:
             picture = _img(src, heading, "figure pixelated", (width, height))
             parts.append(f'<figure><a href="{escape(src)}">{picture}</a><figcaption>{caption}</figcaption></figure>')
         else:
-            command = escape(f"rfstore {stage[key]} {store_hint}")
+            selection = "" if stage[key] == "topk" else f" --layers {info.layer} --units {unit.unit}"
+            command = escape(f"rfstore {stage[key]} {store_hint}{selection}")
             parts.append(f'<p class="missing">{escape(heading)}: not computed yet (<code>{command}</code>).</p>')
     if unit.concepts:
         rows = "".join(f'<tr><td>{escape(name)}</td><td class="num">{fmt(iou, 3)}</td>'

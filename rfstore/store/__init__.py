@@ -24,6 +24,28 @@ def backend_for(path: str | Path) -> str:
     raise StoreError(f"store path {str(path)!r} must end in .zarr (Zarr v3 directory) or .h5/.hdf5 (HDF5 file)")
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_kind(path: Path, backend: str) -> None:
+    """A :class:`StoreError` in one sentence when something else already lies at ``path``: a file where a Zarr
+    directory should be, a file that is not HDF5, a folder that holds other files."""
+    if not path.exists():
+        return
+    what = "an rfstore store is an HDF5 file (.h5, .hdf5) or a Zarr v3 directory (.zarr), made by 'rfstore init'"
+    if backend == "hdf5":
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not an HDF5 file; {what}")
+        with open(path, "rb") as f:
+            head = f.read(len(HDF5_SIGNATURE))
+        if head and head != HDF5_SIGNATURE:
+            raise StoreError(f"{path} is not an HDF5 file (it does not start with HDF5's signature); {what}")
+    elif not path.is_dir():
+        raise StoreError(f"{path} is a file, not a Zarr directory; {what}")
+    elif not (path / "zarr.json").exists() and any(path.iterdir()):
+        raise StoreError(f"{path} is a folder without zarr.json that holds other files; {what}")
+
+
 def open_store(path: str | Path, mode: str = "r", wait: bool | None = None) -> Store:
     """Open the store at ``path``, choosing the backend by suffix.
 
@@ -36,6 +58,7 @@ def open_store(path: str | Path, mode: str = "r", wait: bool | None = None) -> S
     if mode not in ("r", "a"):
         raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
     backend = backend_for(path)
+    check_kind(Path(path), backend)
     lock = None
     if mode == "a":
         lock = StoreLock(Path(path), wait=default_wait() if wait is None else wait)
@@ -55,6 +78,19 @@ def open_store(path: str | Path, mode: str = "r", wait: bool | None = None) -> S
         raise
     store.lock = lock
     return store
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete the store at ``path`` with its lock and journal files (an HDF5 file or a Zarr directory)."""
+    import shutil
+
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    for extra in (path.with_name(path.name + ".lock"), path.with_name(path.name + "-journal")):
+        extra.unlink(missing_ok=True)
 
 
 def open_store_for_worker(path: str | Path) -> Store:
@@ -77,4 +113,4 @@ def open_store_for_worker(path: str | Path) -> Store:
 
 
 __all__ = ["ArraySpec", "Store", "StoreError", "StoreLockedError", "StoreWriteError", "backend_for", "open_store",
-           "open_store_for_worker"]
+           "open_store_for_worker", "remove_store"]

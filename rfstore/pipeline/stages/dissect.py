@@ -45,7 +45,7 @@ from PIL import Image
 
 from rfstore.pipeline import defaults
 from rfstore.recorded.progress import complete_token, is_current
-from rfstore.pipeline.stage import Job, Stage
+from rfstore.pipeline.stage import Job, Stage, unit_mask
 from rfstore.stats.iou import DEFAULT_MIN_IOU, concept_counts, label_units
 from rfstore.errors import MissingInputError, RfstoreError, UsageError
 from rfstore.recorded.network import NetworkContext
@@ -79,6 +79,7 @@ class DissectConfig:
     """
 
     layers: tuple[str, ...] = ()
+    units: slice | None = None
     min_iou: float = defaults.MIN_IOU
     masks: str = defaults.MASKS
 
@@ -215,7 +216,8 @@ def run_dissect(ctx: NetworkContext, config: DissectConfig, force: bool = False)
                 ctx.store.create_array(f"{group}/{name}", spec)
             ctx.store.update_attrs(group, {"dissect_min_iou": config.min_iou, "dissect_masks": config.masks})
         ready = seg_tracker.done_mask()
-        todo = np.flatnonzero(ready & ~tracker.done_mask())
+        selected = unit_mask(n_units, config.units)
+        todo = np.flatnonzero(ready & selected & ~tracker.done_mask())
         without_mask: set[int] = set()
         for start in range(0, n_units, DISSECT_UNIT_BLOCK):
             units = todo[(todo >= start) & (todo < start + DISSECT_UNIT_BLOCK)]
@@ -224,7 +226,7 @@ def run_dissect(ctx: NetworkContext, config: DissectConfig, force: bool = False)
                                units, cache, without_mask)
                 tracker.mark_done(units)
         result.units_done[layer] = int(todo.size)
-        waiting = int((~ready).sum())
+        waiting = int((~ready & selected).sum())
         if waiting:
             result.waiting[layer] = waiting
         if todo.size:
@@ -298,7 +300,7 @@ def _run(job: Job) -> DissectResult:
 
 def summary(result: DissectResult, ctx: NetworkContext) -> list[str]:
     lines = []
-    for layer, n in result.units_done.items():
+    for layer, n in ((layer, n) for layer, n in result.units_done.items() if n):
         labels = ctx.store.read(f"{layer_group(ctx.network, layer)}/concept")
         found = Counter(str(name) for name in labels if name)
         named = ", ".join(f"{name} {count}" for name, count in found.most_common())
@@ -315,7 +317,7 @@ def summary(result: DissectResult, ctx: NetworkContext) -> list[str]:
                      f"were not kept: 'rfstore activations --maps'); left out")
     if result.images_without_mask:
         lines.append(f"dissect: {result.images_without_mask} top image(s) have no mask file and were left out")
-    return lines
+    return lines or ["dissect: nothing new to score for the units selected"]
 
 
 def changed(ctx: NetworkContext, config: DissectConfig) -> bool:

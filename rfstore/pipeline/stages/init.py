@@ -22,6 +22,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,8 @@ from rfstore.rf.theory import ReceptiveFieldError, theoretical_receptive_fields
 from rfstore.datasets import BadImageError, ImageFolderIndex, Preprocessing, load_rgb, scan_image_folder
 from rfstore.datasets.broden import BrodenDataset, is_broden, read_broden
 from rfstore.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from rfstore.errors import InputError, RfstoreError, StageMismatchError, UsageError
-from rfstore.models import ModelSpec, input_channels, load_model, probe_layers, select_layers
+from rfstore.errors import InputError, RfstoreError, StageMismatchError, StoreError, UsageError
+from rfstore.models import LayerInfo, ModelSpec, input_channels, load_model, probe_layers, select_layers
 from rfstore.recorded.network import parameters_digest
 from rfstore.pipeline.stages.netdissect_store import write_broden_tables
 from rfstore.recorded.progress import fingerprint
@@ -79,6 +80,10 @@ class InitConfig:
     def __post_init__(self) -> None:
         if self.channels is not None and self.channels not in (1, 3):
             raise UsageError(f"must be 1 (grayscale) or 3 (RGB), not {self.channels}", "channels")
+        if self.model.spec.startswith("torchvision:") and self.model.weights is None:
+            raise UsageError(f"{self.model.spec} needs a choice of weights: DEFAULT (the pretrained ones, from "
+                             f"torchvision's cache or a download), another weights name, a state_dict PATH, or none "
+                             f"(random initialisation, seeded by --seed)", "weights")
 
     def resolved_name(self) -> str:
         return self.name or self.model.default_name()
@@ -118,97 +123,140 @@ def input_size_for(preprocessing: Preprocessing, index: ImageFolderIndex) -> tup
     raise RfstoreError(f"no readable image in {index.root}")
 
 
-def run_init(store: Store, config: InitConfig, force: bool = False) -> InitResult:
-    """Record the network, dataset and layers in ``store`` (see module docstring)."""
+@dataclass
+class Recording:
+    """What init will record: everything read and checked, nothing written yet (see :func:`prepare_init`)."""
+
+    config: InitConfig
+    network: str
+    root: Path
+    broden: BrodenDataset | None
+    loaded: Any
+    index: ImageFolderIndex
+    digest: str
+    preprocessing: Preprocessing
+    input_hw: tuple[int, int]
+    channels: int
+    layers: list[str]
+    params: dict[str, Any]
+    fingerprint: str
+
+
+def prepare_init(config: InitConfig) -> Recording:
+    """Load the network, scan the images and select the layers; every error comes before anything is written."""
     network = config.resolved_name()
     if "/" in network or network.startswith("_") or not network:
-        raise RfstoreError(f"network name {network!r} must be non-empty, without '/', not starting with '_'")
+        raise UsageError(f"must be non-empty, without '/', not starting with '_', not {network!r}", "name")
     root = Path(config.data).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"--data {config.data} is not a directory")
     broden = read_broden(root) if is_broden(root) else None
     if config.split is not None and broden is None:
-        raise RfstoreError(f"--split {config.split} chooses among the splits of a Broden folder, and {root} is not "
-                           f"one (it has no index.csv, label.csv and category.csv)")
+        raise UsageError(f"{config.split} chooses among the splits of a Broden folder, and {root} is not one (it has "
+                         f"no index.csv, label.csv and category.csv)", "split")
     loaded = load_model(config.model)
-    model = loaded.module
     index = broden.image_index(config.split) if broden is not None else scan_image_folder(root)
     if not index.paths:
-        raise RfstoreError(f"no image files in {root}")
+        raise InputError(f"no image files in {root}")
     digest = _dataset_digest(index, broden, config.split)
     preprocessing = config.resolved_preprocessing(broden is not None)
     input_hw = input_size_for(preprocessing, index)
-    channels = input_channels(model, input_hw, config.channels)
+    channels = input_channels(loaded.module, input_hw, config.channels)
     preprocessing = _for_channels(preprocessing, channels)
-    layer_names = select_layers(model, config.layers, (channels, *input_hw))
-
-    params = {
-        "model": config.model.to_dict(), "preprocessing": preprocessing.to_dict(),
-        "dataset_root": str(root), "dataset_digest": digest, "layers": layer_names,
-    }
+    layers = select_layers(loaded.module, config.layers, (channels, *input_hw))
+    params = {"model": config.model.to_dict(), "preprocessing": preprocessing.to_dict(), "dataset_root": str(root),
+              "dataset_digest": digest, "layers": layers}
     if broden is not None:
         params["split"] = config.split
-    fp = fingerprint("init", STAGE_VERSION, params, [])
-    if store.has(network) and "model" in store.attrs(network):
-        recorded = store.attrs(network)
-        if recorded.get("init_fingerprint") == fp and not force:
-            return InitResult(network, len(index.paths), layer_names, len(index.skipped), already_done=True)
-        if not force:
-            old = recorded.get("init_params", {})
-            changed = [k for k in sorted(params) if old.get(k) != params[k]]
-            raise StageMismatchError(
-                f"network {network!r} is already in {store.path} with other settings ({', '.join(changed)} differ"
-                f"{'; the image folder changed' if 'dataset_digest' in changed else ''}); "
-                f"use --force to start it over, or --name to add another network")
-        store.delete(network)
+    return Recording(config, network, root, broden, loaded, index, digest, preprocessing, input_hw, channels, layers,
+                     params, fingerprint("init", STAGE_VERSION, params, []))
 
-    infos = probe_layers(model, layer_names, (channels, *input_hw))
-    rfs, rf_errors = _theoretical_rfs(model, layer_names, input_hw, channels)
 
+def run_init(store: Store, config: InitConfig | Recording, force: bool = False) -> InitResult:
+    """Record the network, dataset and layers in ``store`` (see module docstring)."""
+    rec = config if isinstance(config, Recording) else prepare_init(config)
+    done = _recorded(store, rec, force)
+    if done is not None:
+        return done
+    infos = probe_layers(rec.loaded.module, rec.layers, (rec.channels, *rec.input_hw))
+    rfs, rf_errors = _theoretical_rfs(rec.loaded.module, rec.layers, rec.input_hw, rec.channels)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    _schema(store, now)
+    _write_images(store, rec)
+    for info in infos:
+        _write_layer(store, rec, info, rfs.get(info.name), rf_errors.get(info.name))
+    _write_network(store, rec, now)
+    store.flush()
+    return InitResult(rec.network, len(rec.index.paths), rec.layers, len(rec.index.skipped), already_done=False)
+
+
+def _recorded(store: Store, rec: Recording, force: bool) -> InitResult | None:
+    """The result when the network is recorded with these settings; an error for other settings unless ``force``
+    (the network is then deleted, to be recorded again)."""
+    network = rec.network
+    if not (store.has(network) and "model" in store.attrs(network)):
+        return None
+    recorded = store.attrs(network)
+    if recorded.get("init_fingerprint") == rec.fingerprint and not force:
+        return InitResult(network, len(rec.index.paths), rec.layers, len(rec.index.skipped), already_done=True)
+    if not force:
+        old = recorded.get("init_params", {})
+        changed = [k for k in sorted(rec.params) if old.get(k) != rec.params[k]]
+        raise StageMismatchError(
+            f"network {network!r} is already in {store.path} with other settings ({', '.join(changed)} differ"
+            f"{'; the image folder changed' if 'dataset_digest' in changed else ''}); "
+            f"use --force to start it over, or --name to add another network")
+    store.delete(network)
+    return None
+
+
+def _schema(store: Store, now: str) -> None:
     root_attrs = store.attrs("")
     if "schema_version" not in root_attrs:
         store.update_attrs("", {"schema_version": SCHEMA_VERSION, "created": now, "rfstore_version": __version__})
     elif root_attrs["schema_version"] != SCHEMA_VERSION:
-        raise RfstoreError(f"{store.path} has schema version {root_attrs['schema_version']}, "
-                           f"this rfstore writes version {SCHEMA_VERSION}")
+        raise StoreError(f"{store.path} has schema version {root_attrs['schema_version']}, "
+                         f"this rfstore writes version {SCHEMA_VERSION}")
 
-    n_images = len(index.paths)
+
+def _write_images(store: Store, rec: Recording) -> None:
+    network, n_images = rec.network, len(rec.index.paths)
     store.require_group(network)
     write_coordinate(store, network, "image", np.arange(n_images))
     specs = image_specs(n_images)
-    store.create_array(f"{network}/image_path", specs["image_path"], data=np.asarray(index.paths, dtype=object))
-    store.create_array(f"{network}/image_label", specs["image_label"], data=np.asarray(index.labels, dtype=np.int64))
+    store.create_array(f"{network}/image_path", specs["image_path"], data=np.asarray(rec.index.paths, dtype=object))
+    store.create_array(f"{network}/image_label", specs["image_label"],
+                       data=np.asarray(rec.index.labels, dtype=np.int64))
     store.create_array(f"{network}/image_error", specs["image_error"])
 
-    for info in infos:
-        group = layer_group(network, info.name)
-        store.require_group(group)
-        write_coordinate(store, group, "image", np.arange(n_images))
-        write_coordinate(store, group, "unit", np.arange(info.num_units))
-        attrs: dict[str, object] = {"kind": info.kind, "num_units": info.num_units, "output_shape": list(info.output_shape)}
-        if info.name in rfs:
-            rf = rfs[info.name]
-            attrs |= {"rf_theory_size": list(rf.size), "rf_theory_jump": list(rf.jump), "rf_theory_start": list(rf.start)}
-        else:
-            attrs["rf_theory_error"] = rf_errors[info.name]
-        store.update_attrs(group, attrs)
 
-    store.update_attrs(network, {
+def _write_layer(store: Store, rec: Recording, info: LayerInfo, rf: Any, rf_error: str | None) -> None:
+    group = layer_group(rec.network, info.name)
+    store.require_group(group)
+    write_coordinate(store, group, "image", np.arange(len(rec.index.paths)))
+    write_coordinate(store, group, "unit", np.arange(info.num_units))
+    attrs: dict[str, object] = {"kind": info.kind, "num_units": info.num_units, "output_shape": list(info.output_shape)}
+    if rf is not None:
+        attrs |= {"rf_theory_size": list(rf.size), "rf_theory_jump": list(rf.jump), "rf_theory_start": list(rf.start)}
+    else:
+        attrs["rf_theory_error"] = rf_error
+    store.update_attrs(group, attrs)
+
+
+def _write_network(store: Store, rec: Recording, now: str) -> None:
+    config, loaded = rec.config, rec.loaded
+    store.update_attrs(rec.network, {
         "model": config.model.to_dict(), "model_spec": config.model.spec,
-        "weights_sha256": loaded.weights_sha256 or "", "parameters_sha256": parameters_digest(model),
+        "weights_sha256": loaded.weights_sha256 or "", "parameters_sha256": parameters_digest(loaded.module),
         "num_classes": loaded.num_classes if loaded.num_classes is not None else -1,
-        "preprocessing": preprocessing.to_dict(), "input_size": list(input_hw), "input_channels": channels,
-        "dataset_root": str(root), "dataset_digest": digest, "classes": list(index.classes),
-        "skipped_files": [[s.path, s.reason] for s in index.skipped],
-        "layers": layer_names, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
-        "rfstore_version": __version__, "created": now,
-        "init_params": params, "init_fingerprint": fp,
+        "preprocessing": rec.preprocessing.to_dict(), "input_size": list(rec.input_hw),
+        "input_channels": rec.channels, "dataset_root": str(rec.root), "dataset_digest": rec.digest,
+        "classes": list(rec.index.classes), "skipped_files": [[s.path, s.reason] for s in rec.index.skipped],
+        "layers": rec.layers, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+        "rfstore_version": __version__, "created": now, "init_params": rec.params, "init_fingerprint": rec.fingerprint,
     })
-    if broden is not None:
-        write_broden_tables(store, network, broden, config.split, index.paths)
-    store.flush()
-    return InitResult(network, n_images, layer_names, len(index.skipped), already_done=False)
+    if rec.broden is not None:
+        write_broden_tables(store, rec.network, rec.broden, config.split, rec.index.paths)
 
 
 def _for_channels(preprocessing: Preprocessing, channels: int) -> Preprocessing:

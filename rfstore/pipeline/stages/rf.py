@@ -21,7 +21,7 @@ import numpy as np
 
 from rfstore.pipeline import defaults
 from rfstore.recorded.progress import complete_token, is_current
-from rfstore.pipeline.stage import Job, Stage
+from rfstore.pipeline.stage import Job, Stage, unit_mask
 from rfstore.rf.empirical import DEFAULT_THRESHOLD, rf_size_from_map, unit_rf_map, window_radius
 from rfstore.errors import MissingInputError, UsageError
 from rfstore.recorded.network import NetworkContext
@@ -39,6 +39,7 @@ class RFConfig:
     method: str = defaults.RF_METHOD
     layers: tuple[str, ...] = ()
     device: str = defaults.DEVICE
+    units: slice | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
@@ -97,7 +98,8 @@ def run_rf(ctx: NetworkContext, config: RFConfig, force: bool = False) -> RFResu
             for name, spec in rf_specs(n_units, (2 * radius[0] + 1, 2 * radius[1] + 1)).items():
                 ctx.store.create_array(f"{group}/{name}", spec)
             ctx.store.update_attrs(group, {"rf_method": config.method, "rf_threshold": config.threshold})
-        todo = np.flatnonzero(available & ~tracker.done_mask())
+        selected = unit_mask(n_units, config.units)
+        todo = np.flatnonzero(available & selected & ~tracker.done_mask())
         if config.method == "occlusion":
             maps = _occlusion_maps(ctx, layer, todo)
         else:
@@ -110,7 +112,7 @@ def run_rf(ctx: NetworkContext, config: RFConfig, force: bool = False) -> RFResu
         if len(todo):
             tracker.mark_done(todo)
         result.units_done[layer] = len(todo)
-        waiting = int((~available).sum())
+        waiting = int((~available & selected).sum())
         if waiting:
             result.waiting[layer] = waiting
         elif tracker.done_mask().all():
@@ -174,12 +176,12 @@ def _run(job: Job) -> RFResult:
 
 
 def summary(result: RFResult, ctx: NetworkContext) -> list[str]:
-    lines = [f"rf: {layer}: {n} unit(s) done" for layer, n in result.units_done.items()]
+    lines = [f"rf: {layer}: {n} unit(s) done" for layer, n in result.units_done.items() if n]
     lines += [f"rf: {layer}: {n} unit(s) wait for their discrepancy maps ('rfstore occlude')"
               for layer, n in result.waiting.items()]
     if result.missing:
         lines.append(f"rf: no discrepancy maps yet for {', '.join(result.missing)} ('rfstore occlude')")
-    return lines
+    return lines or ["rf: nothing new to compute for the units selected"]
 
 
 def changed(ctx: NetworkContext, config: RFConfig) -> bool:

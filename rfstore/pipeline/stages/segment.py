@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from rfstore.recorded.progress import complete_token, is_current
-from rfstore.pipeline.stage import Job, Stage
+from rfstore.pipeline.stage import Job, Stage, unit_mask
 from rfstore.rf.empirical import rf_centre_pixels, rf_mask
 from rfstore.errors import MissingInputError
 from rfstore.recorded.network import NetworkContext
@@ -38,6 +38,7 @@ CHECKPOINT_SECONDS = 2.0
 @dataclass(frozen=True)
 class SegmentConfig:
     layers: tuple[str, ...] = ()
+    units: slice | None = None
 
     def params(self) -> dict[str, object]:
         return {"dissect_quantile": DISSECT_QUANTILE}
@@ -113,7 +114,7 @@ def run_segment(ctx: NetworkContext, config: SegmentConfig, force: bool = False)
         attrs = ctx.layer_attrs(layer)
         threshold = float(attrs["rf_threshold"])
         top = {name: ctx.store.read(f"{group}/topk_{name}") for name in ("image", "y", "x")}
-        todo = np.flatnonzero(rf_tracker.done_mask() & ~tracker.done_mask())
+        todo = np.flatnonzero(rf_tracker.done_mask() & unit_mask(n_units, config.units) & ~tracker.done_mask())
         rf_maps = ChunkReader(ctx, f"{group}/rf_map")
         pending: list[int] = []
         last = time.monotonic()
