@@ -30,13 +30,11 @@ import pytest
 
 from conftest import TESTS, write_tiny_folder
 from support import faults
+from support.stores import assert_same_store, store_contents
 
 SLOW_NET = f"{TESTS / 'tiny_nets.py'}:slow_hand_cnn"
 NETWORK = "slow_hand_cnn"
 LAYERS = ("net.1", "net.4")
-#: attributes that legitimately differ between two runs: timestamps and per-run tokens
-#: (a stage's fingerprint includes its upstream's generation token)
-VOLATILE_ATTRS = {"created", "generation", "fingerprint"}
 RUN_OPTIONS = ["--batch-size", "2", "--workers", "0", "--k", "3", "--size", "3", "--stride", "2",
                "--fill", "zero", "--device", "cpu"]
 KILL_POINTS = [  # (stage, trace line that shows it writing, kill at its n-th occurrence)
@@ -46,35 +44,6 @@ KILL_POINTS = [  # (stage, trace line that shows it writing, kill at its n-th oc
     ("rf", f"write {NETWORK}/{LAYERS[0]}/rf_map", 1),
     ("segment", f"write {NETWORK}/{LAYERS[0]}/seg_mask", 1),
 ]
-
-
-def store_contents(path: Path) -> dict[str, Any]:
-    """Every array (dtype, shape, bytes) and attribute of a store, without the volatile attributes."""
-    from rfstore.store import open_store
-
-    found: dict[str, Any] = {}
-    with open_store(path, "r") as store:
-        def walk(group: str) -> None:
-            found[f"{group}/@attrs"] = {k: v for k, v in store.attrs(group).items() if k not in VOLATILE_ATTRS}
-            groups, arrays = store.children(group)
-            for name in arrays:
-                full = f"{group}/{name}".strip("/")
-                values = store.read(full)
-                data = values.tolist() if values.dtype == object else values.tobytes()
-                found[full] = (values.dtype.str, values.shape, data)
-                found[f"{full}/@attrs"] = store.attrs(full)
-            for name in groups:
-                walk(f"{group}/{name}".strip("/"))
-
-        walk("")
-    return found
-
-
-def assert_same_store(reference: Path, other: Path) -> None:
-    expected, actual = store_contents(reference), store_contents(other)
-    assert sorted(actual) == sorted(expected), set(actual) ^ set(expected)
-    differ = [key for key in expected if actual[key] != expected[key]]
-    assert not differ, f"{other} differs from {reference} in {differ}"
 
 
 #: the ``rfstore`` command with the test hooks that the environment asks for installed

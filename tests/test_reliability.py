@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 from conftest import HAND_CNN, write_tiny_folder
 from test_cli import RFSTORE
-from test_kill import assert_same_store
 
 from rfstore.cli import app
 from rfstore.store import layout, open_store
 from support.faults import Faults
+from support.stores import assert_same_store
 
 REPO = Path(__file__).resolve().parents[1]
 INIT = ["--model", HAND_CNN, "--preprocess", "tensor", "--layers", "1,4", "--name", "hand"]

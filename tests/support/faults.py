@@ -3,10 +3,10 @@
 Production rfstore carries no fault hook. This module wraps the change methods of the
 store backends (:class:`~rfstore.store.hdf5_.HDF5Store` and
 :class:`~rfstore.store.zarr_.ZarrStore`, at class level, so every store this process
-opens for writing while the hooks are installed is affected) and gives the HDF5
-backend's undo journal a ``before_write`` hook (the neutral extension point of
-:class:`~rfstore.store.journal.JournaledFile`). It drives rfstore into the failures it
-must survive, at known points, without sleeping blindly:
+opens for writing while the hooks are installed is affected) and replaces the HDF5
+backend's undo journal (:class:`~rfstore.store.journal.JournaledFile`) by a subclass
+that counts the bytes it writes. It drives rfstore into the failures it must survive,
+at known points, without sleeping blindly:
 
 ``trace``
     After each change a writer makes to a store (``write``, ``create_array``,
@@ -21,6 +21,9 @@ must survive, at known points, without sleeping blindly:
     (HDF5: bytes of the file and its journal; Zarr: bytes of array values), every later
     write raises ``OSError(errno.ENOSPC)`` as the kernel would (:class:`StoreWriteError`
     for Zarr, as the backend reports a failed write of its own).
+``interrupt``
+    Interrupt the process (:class:`KeyboardInterrupt`, as Ctrl-C would) just before a
+    chosen change, e.g. the second ``done`` flag a stage writes, in this process.
 
 In a test: ``with Faults(enospc_after=3000) as faults: ...`` (``faults.written`` counts the
 bytes). In a child process (a real rfstore process that a test kills),
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +70,13 @@ class Faults:
         Bytes this process may write through stores before every write fails with ENOSPC.
     written : int
         Bytes written through stores since :meth:`install` (counted while ``enospc_after`` is set).
+    interrupt : str, optional
+        A regular expression of ``OPERATION PATH`` lines: the change that matches it for the
+        ``interrupt_at``-th time raises :class:`KeyboardInterrupt` instead of happening.
+    interrupt_at : int
+        Which match is interrupted (1: the first).
+    interrupted : str, optional
+        The line of the change that was interrupted (None while none was).
     events : list of str
         ``OPERATION PATH`` of every change made while installed (recorded in any case).
     """
@@ -73,7 +84,11 @@ class Faults:
     trace: Path | None = None
     delay: float = 0.0
     enospc_after: int | None = None
+    interrupt: str | None = None
+    interrupt_at: int = 1
     written: int = 0
+    matches: int = 0
+    interrupted: str | None = None
     events: list[str] = field(default_factory=list)
     _undo: list[tuple[Any, str, Any]] = field(default_factory=list, repr=False)
 
@@ -86,35 +101,65 @@ class Faults:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)
         self.written += size
 
-    def _wrap(self, cls: type, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-        budget = cls is ZarrStore  # HDF5 spends through its journal's before_write hook
+    def _before(self, store: Any, name: str, args: tuple[Any, ...], line: str) -> None:
+        """What happens before a change: the interruption asked for, then the Zarr byte budget (HDF5
+        spends through its journal, :meth:`_budgeted_journal`)."""
+        if self.interrupt is not None and re.fullmatch(self.interrupt, line):
+            self.matches += 1
+            if self.matches == self.interrupt_at:
+                self.interrupted = line
+                raise KeyboardInterrupt(f"interrupted before {line}")
+        if isinstance(store, ZarrStore) and name != "flush":
+            values = args[2] if name == "write" and len(args) > 2 else None
+            try:
+                self.spend(int(getattr(values, "nbytes", 0)) or 1, str(store.path))
+            except OSError as err:
+                raise StoreWriteError(store.path, err) from err
 
+    def _after(self, line: str) -> None:
+        """What happens after a change: the event, the trace line, the delay."""
+        self.events.append(line)
+        if self.trace is not None:
+            with open(self.trace, "a", encoding="utf-8") as log:
+                log.write(line + "\n")
+            if self.delay:
+                time.sleep(self.delay)
+
+    def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def call(store: Any, *args: Any, **kwargs: Any) -> Any:
             if store.mode == "r":
                 return method(store, *args, **kwargs)
-            where = str(store.path)
-            if budget and name != "flush":
-                values = args[2] if name == "write" and len(args) > 2 else None
-                try:
-                    self.spend(int(getattr(values, "nbytes", 0)) or 1, where)
-                except OSError as err:
-                    raise StoreWriteError(where, err) from err
-            result = method(store, *args, **kwargs)
             line = f"{name} {args[0] if args else ''}"
-            self.events.append(line)
-            if self.trace is not None:
-                with open(self.trace, "a", encoding="utf-8") as log:
-                    log.write(line + "\n")
-                if self.delay:
-                    time.sleep(self.delay)
+            self._before(store, name, args, line)
+            result = method(store, *args, **kwargs)
+            self._after(line)
             return result
 
         call.__wrapped__ = method  # type: ignore[attr-defined]
         return call
 
-    def _journaled_file(self, path: Path, durable: bool = True,
-                        before_write: Callable[[int], None] | None = None) -> journal.JournaledFile:
-        return journal.JournaledFile(path, durable, before_write or (lambda size: self.spend(size, str(path))))
+    def _budgeted_journal(self) -> type[journal.JournaledFile]:
+        """The HDF5 backend's undo journal with every write (to the file or to its journal) paid
+        from :meth:`spend` first: a refused write fails as the operating system's would."""
+        spend = self.spend
+
+        class BudgetedJournaledFile(journal.JournaledFile):
+            def write(self, data: bytes | memoryview) -> int:
+                if self.error is None:
+                    size = memoryview(data).nbytes
+                    try:
+                        self._save(self._pos, self._pos + size)  # the undo record first, as write does
+                        spend(size, str(self.path))
+                    except OSError as err:
+                        self.error = err
+                        raise
+                return super().write(data)  # its own _save finds the pages journaled already
+
+            def _journal_append(self, data: bytes) -> None:
+                spend(len(data), str(self.journal))
+                super()._journal_append(data)
+
+        return BudgetedJournaledFile
 
     # -- installing -----------------------------------------------------------------------
     def install(self) -> Faults:
@@ -125,9 +170,9 @@ class Faults:
             for name in CHANGES:
                 original = cls.__dict__[name]
                 self._undo.append((cls, name, original))
-                setattr(cls, name, self._wrap(cls, name, original))
+                setattr(cls, name, self._wrap(name, original))
         self._undo.append((hdf5_, "JournaledFile", hdf5_.JournaledFile))
-        hdf5_.JournaledFile = self._journaled_file  # type: ignore[assignment,misc]
+        hdf5_.JournaledFile = self._budgeted_journal()  # type: ignore[misc]
         return self
 
     def uninstall(self) -> None:
