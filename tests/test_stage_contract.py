@@ -17,8 +17,8 @@ Every stage, run through :func:`rfstore.run_pipeline` (the one way stages run), 
 
 The stores are tiny: the hand-weighted CNN of ``tiny_nets.py`` on eight 8x8 images with concept
 masks (``test_dissect.write_masked_folder``), and for ``netdissect`` the demo network on a
-six-image Broden folder (``broden_fixtures.py``); blocks of two images so that every stage
-working in blocks has several. Each store is built once per backend, one stage at a time, with a
+six-image Broden folder (``broden_fixtures.py``); small blocks and checkpoints (:func:`small_blocks`) so
+that a stage flags work done several times where it can. Each store is built once per backend, one stage at a time, with a
 snapshot before and after each stage; every test starts from a copy of a snapshot.
 """
 from __future__ import annotations
@@ -39,7 +39,9 @@ from rfstore.datasets import Preprocessing
 from rfstore.errors import StageMismatchError, UsageError
 from rfstore.models import ModelSpec
 from rfstore.pipeline.registry import STAGES
+from rfstore.pipeline.stages import dissect as dissect_stage
 from rfstore.pipeline.stages import occlude as occlude_stage
+from rfstore.pipeline.stages import segment as segment_stage
 from rfstore.pipeline.stages.init import InitConfig
 from rfstore.recorded.network import NetworkContext
 from rfstore.store import Store, layout, open_store
@@ -184,10 +186,14 @@ class Built:
 
 @pytest.fixture(scope="module", autouse=True)
 def small_blocks() -> Iterator[None]:
-    """Blocks of two images, and a checkpoint after every occluded image."""
+    """Blocks of two images, a checkpoint after every occluded image and every segmented unit, dissect's
+    units one at a time: every stage that can flag work done within a layer's record does so more than once
+    (rf flags a layer's units at once, topk and validate have one block)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(layout, "IMAGE_BLOCK", 2)
         patch.setattr(occlude_stage, "CHECKPOINT_SECONDS", 0.0)
+        patch.setattr(segment_stage, "CHECKPOINT_SECONDS", 0.0)
+        patch.setattr(dissect_stage, "DISSECT_UNIT_BLOCK", 1)
         yield
 
 
