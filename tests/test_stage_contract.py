@@ -15,6 +15,8 @@ Every stage, run through :func:`rfstore.run_pipeline` (the one way stages run), 
   every stage downstream of it (transitively), no other; running those again recomputes them
   and gives back the same store.
 
+and on both backends, every stage writes the same bits.
+
 The stores are tiny: the hand-weighted CNN of ``tiny_nets.py`` on eight 8x8 images with concept
 masks (``test_dissect.write_masked_folder``), and for ``netdissect`` the demo network on a
 six-image Broden folder (``broden_fixtures.py``); small blocks and checkpoints (:func:`small_blocks`) so
@@ -47,10 +49,11 @@ from rfstore.recorded.network import NetworkContext
 from rfstore.store import Store, layout, open_store
 from rfstore.store.layout import INTERNAL
 from support.faults import Faults
-from support.stores import assert_same_store
+from support.stores import assert_same_store, store_contents
 from test_dissect import write_masked_folder
 
 NETWORK = "net"
+BACKENDS = ("zarr", "h5")
 HALF_NET = f"{TESTS / 'broden_fixtures.py'}:tiny_alexnet_half"
 
 
@@ -205,13 +208,11 @@ def init_config(dataset: str, root: Path) -> InitConfig:
                       name=NETWORK, layers="features.4")
 
 
-@pytest.fixture(scope="module", params=["zarr", "h5"])
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, small_blocks: None) -> Built:
+def build(backend: str, root: Path) -> Built:
     """Both stores of one backend, each stage run once with its case's options, snapshots around each."""
-    root = tmp_path_factory.mktemp(f"contract-{request.param}")
-    result = Built(request.param)
+    result = Built(backend)
     for dataset in ("masked", "broden"):
-        store = root / f"{dataset}.{request.param}"
+        store = root / f"{dataset}.{backend}"
         run_pipeline(store, PipelineConfig(init=init_config(dataset, root), stages=()), say=lambda line: None)
         for name in (n for n in STAGES if CASES[n].dataset == dataset):
             result.before[name] = copy_store(store, root / f"before-{name}")
@@ -221,6 +222,18 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             result.after[name] = copy_store(store, root / f"after-{name}")
         result.final[dataset] = store
     return result
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory, small_blocks: None) -> dict[str, Built]:
+    """The stores of each backend, built once for the module."""
+    return {backend: build(backend, tmp_path_factory.mktemp(f"contract-{backend}")) for backend in BACKENDS}
+
+
+@pytest.fixture(params=BACKENDS)
+def built(request: pytest.FixtureRequest, stores: dict[str, Built]) -> Built:
+    """The stores of one backend (each test of the contract runs on both)."""
+    return stores[request.param]
 
 
 # -- the contract ------------------------------------------------------------------------------
@@ -296,3 +309,12 @@ def test_force_recomputes_and_invalidates_downstream(name: str, built: Built, tm
     assert {n: bool(fresh_starts(again.events, n)) for n in below} == {n: True for n in below}
     assert not any(touched(again.events, n) for n in others)
     assert_same_store(built.complete(name), store)
+
+
+@pytest.mark.parametrize("dataset", ["masked", "broden"])
+def test_both_backends_give_the_same_bits(dataset: str, stores: dict[str, Built]) -> None:
+    """Every array every stage wrote is the same, bit for bit, in a Zarr and in an HDF5 store."""
+    zarr, h5 = ({key: value for key, value in store_contents(stores[backend].final[dataset]).items()
+                 if not key.endswith("@attrs")} for backend in BACKENDS)
+    assert sorted(zarr) == sorted(h5)
+    assert [key for key in zarr if zarr[key] != h5[key]] == []
