@@ -139,19 +139,6 @@ def test_topk_by_mean_and_too_few_images(tmp_path: Path, tiny_folder: Path) -> N
     np.testing.assert_array_equal(got["topk_image"][:, 0], best)
 
 
-def test_backends_give_identical_arrays(tmp_path: Path, tiny_folder: Path) -> None:
-    for suffix in ("zarr", "h5"):
-        init_hand(tmp_path / f"s.{suffix}", tiny_folder)
-        run_acts(tmp_path / f"s.{suffix}")
-        with open_store(tmp_path / f"s.{suffix}", "a") as store:
-            run_topk(NetworkContext.open(store), TopKConfig(k=3))
-    names = ("act_max", "act_mean", "act_y", "act_x", "topk_image", "topk_value", "topk_y", "topk_x")
-    for layer in HAND_LAYERS.split(","):
-        a, b = read_all(tmp_path / "s.zarr", layer, names), read_all(tmp_path / "s.h5", layer, names)
-        for name in names:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{layer}/{name}")
-
-
 def test_xarray_round_trip(tmp_path: Path, tiny_folder: Path) -> None:
     xr = pytest.importorskip("xarray")
     import warnings
