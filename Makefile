@@ -4,12 +4,13 @@
 #   make bench  the all-units workload against rfstore plan, the conv sample against Captum, the activations stage,
 #               netdissect's memory as images grow 10x (slow, about an hour; never part of make test)
 #   make bench-gpu  on a CUDA machine: the GPU tests, then the whole default workload over 10k images
+#   make docs   rewrite docs/cli.md from the command line's own help (tests/test_docs.py fails until it is current)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -qq --disable-pip-version-check
 
-.PHONY: demo test test-slow bench bench-gpu clean
+.PHONY: demo test test-slow bench bench-gpu docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,9 @@ bench: $(VENV)/.installed-dev
 bench-gpu: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_gpu.py
 	$(PY) bench/zhou_workload.py --images 10000 --device cuda --out bench-out/zhou
+
+docs: $(VENV)/.installed
+	$(PY) scripts/cli_reference.py
 
 clean:
 	rm -rf demo-out bench-out .pytest_cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from rfstore.version import __version__
 
 from rfstore.api import open  # noqa: E402,A001 - rfstore.open(path), the notebook entry point
 

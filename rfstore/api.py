@@ -24,7 +24,7 @@ the pictures read the unit's arrays and its top images from the dataset.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,23 @@ from rfstore.store import backend_for, open_store
 from rfstore.store.layout import INTERNAL
 
 
+#: what ``pip install 'rfstore[xarray]'`` adds: the modules the xarray views need, per backend.
+_VIEW_MODULES = {"zarr": ("xarray",), "hdf5": ("xarray", "h5netcdf")}
+
+
+def _require_view_modules(path: Path) -> None:
+    """One line naming the extra to install when xarray (or, for HDF5 stores, h5netcdf) is missing."""
+    import importlib.util
+
+    needed = _VIEW_MODULES[backend_for(path)]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(f"rfstore.open(...)[network][layer] needs {' and '.join(missing)}: "
+                                  f"pip install 'rfstore[xarray]'", name=missing[0])
+
+
 def _open_group(path: Path, group: str) -> Any:
+    _require_view_modules(path)
     import xarray as xr
 
     if backend_for(path) == "zarr":
@@ -138,6 +154,16 @@ class NetworkResults:
             tables = [LayerReader(ctx, layer).table() for layer in ctx.layers]
         return rf_depth_figure(tables, self.name)
 
+    def __iter__(self) -> Iterator[str]:
+        """The layer names, in recorded order (as a mapping of layer -> dataset)."""
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.layers
+
     def __repr__(self) -> str:
         return f"NetworkResults({self.name!r}, {len(self.layers)} layers: {', '.join(self.layers)})"
 
@@ -155,6 +181,16 @@ class StoreResults:
             raise KeyError(f"no network {network!r} in {self.path}; it has {', '.join(self.networks)}")
         attrs = self._attrs[network]
         return NetworkResults(self.path, network, attrs, list(attrs.get("layers", [])))
+
+    def __iter__(self) -> Iterator[str]:
+        """The network names (as a mapping of network -> :class:`NetworkResults`)."""
+        return iter(self.networks)
+
+    def __len__(self) -> int:
+        return len(self.networks)
+
+    def __contains__(self, network: object) -> bool:
+        return network in self.networks
 
     def __repr__(self) -> str:
         return f"StoreResults({str(self.path)!r}, networks={self.networks})"

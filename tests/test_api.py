@@ -17,9 +17,9 @@ def test_open_gives_layer_datasets(tmp_path: Path, tiny_folder: Path, suffix: st
     init_hand(path, tiny_folder)
     run_acts(path)
     results = rfstore.open(path)
-    assert results.networks == ["hand"]
+    assert results.networks == ["hand"] == list(results) and "hand" in results and len(results) == 1
     net = results["hand"]
-    assert net.layers == ["0", "1", "2", "3", "6"]
+    assert net.layers == ["0", "1", "2", "3", "6"] == list(net) and "1" in net and "9" not in net
     ds = net["1"]
     np.testing.assert_array_equal(ds["act_max"].values, read_all(path, "1", ("act_max",))["act_max"])
     assert ds["act_max"].dims == ("image", "unit")

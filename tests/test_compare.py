@@ -35,7 +35,7 @@ def two_nets(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 # -- the side-by-side table ---------------------------------------------------------------------------------------
 def parse_block(text: str) -> tuple | None:
     """``(layer, own depth or "", theory, empirical, measured, labelled)`` of one network's cells, None if blank."""
-    tokens = text.split()
+    tokens = [token.replace("\0", " ") for token in text.replace("not run", "not\0run").split()]
     if not tokens:
         return None
     labelled, measured = tokens[-1], tokens[-2]
@@ -71,11 +71,13 @@ def table_by_hand(store_path: Path, network: str) -> dict[str, tuple]:
             size = st.attrs(group)["rf_theory_size"]
             has_rf = st.is_array(f"{group}/rf_size")
             rf = st.read(f"{group}/rf_size").astype(np.float64) if has_rf else np.full(n, np.nan)
-            concept = st.read(f"{group}/concept") if st.is_array(f"{group}/concept") else np.full(n, "")
+            has_concept = st.is_array(f"{group}/concept")
+            concept = st.read(f"{group}/concept") if has_concept else np.full(n, "")
             measured = int(np.count_nonzero(~np.isnan(rf)))
             empirical = f"{np.nanmean(rf):.1f} +- {np.nanstd(rf):.1f}" if measured else "-"
             theory = str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
-            expected[layer] = (theory, empirical, f"{measured}/{n}", str(sum(1 for c in concept if c)))
+            labelled = str(sum(1 for c in concept if c)) if has_concept else "not run"
+            expected[layer] = (theory, empirical, f"{measured}/{n}" if has_rf else "not run", labelled)
     return expected
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rfstore.store import ArraySpec, Store, StoreError, StoreWriteError, open_store
+from rfstore.store import ArraySpec, Store, StoreWriteError, open_store
 from rfstore.store import journal as journal_module
 from rfstore.store.journal import JournaledFile, is_hot, journal_path, rollback
 from support.faults import Faults
@@ -129,10 +129,6 @@ def test_kill_at_every_write_recovers_the_last_checkpoint(tmp_path: Path, monkey
     assert hot > 50  # most kills hit an open transaction
 
 
-@pytest.mark.xfail(strict=True, raises=StoreError,
-                   reason="bug on main (e097cf8): open_store's check_kind reads the HDF5 signature before the abandoned "
-                          "journal is rolled back, so a writer killed while its superblock was overwritten leaves a "
-                          "store refused as 'not an HDF5 file' instead of recovered")
 def test_writer_rolls_back_and_resumes_after_a_kill(tmp_path: Path) -> None:
     """A writer that opens a store with an abandoned journal starts from the last checkpoint."""
     path = tmp_path / "s.h5"

@@ -46,7 +46,10 @@ def test_counts_and_bytes_by_hand(tmp_path: Path, tiny_folder: Path) -> None:
     assert act[None].images == 10 and act["1"].units == 1 and act["1"].nbytes == 10 * 1 * 4 * 4
     assert topk["1"].nbytes == 1 * 2 * (8 + 4 + 4 + 4)
     occ = rows(before, "occlude")
-    assert occ[None].bound and occ[None].units == 2 and occ[None].top_images == 2 and occ[None].passes == 2 * 16
+    # before topk, the cheaper bound: each of the 2 maps alone, its unit mid-map at (3, 3): 2 x 2 windows,
+    # rather than 2 images of 16 windows each in a shared pass
+    assert occ[None].bound and occ[None].units == 2 and occ[None].top_images == 2 and occ[None].passes == 2 * 4
+    bound_macs = occ[None].macs
     assert occ["1"].nbytes == 1 * 2 * 16 * 4
     assert rows(before, "rf")["1"].nbytes == 5 * 5 * 4 + 4  # radius ceil(2/2) + 2 - 1 = 2 around the centre
     assert rows(before, "segment")["1"].nbytes == 1 * 2 * 8 * 8
@@ -60,6 +63,7 @@ def test_counts_and_bytes_by_hand(tmp_path: Path, tiny_folder: Path) -> None:
     occ = rows(after, "occlude")
     assert not occ[None].bound and occ[None].top_images == len(windows) == len(set(top["image"].tolist()))
     assert occ[None].passes == sum(len(w) for w in windows.values())
+    assert occ[None].macs <= bound_macs  # the bound holds
     assert rows(after, "activations")[None].note == "done" and rows(after, "topk")[None].note == "done"
     assert after.seconds > 0 and "total: about" in format_plan(after)
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from rfstore import __version__
+from rfstore.version import __version__
 
 PIPELINE, RESULTS = "Pipeline (in order)", "Results"
 

@@ -118,7 +118,7 @@ Wait = Annotated[bool, typer.Option(
 Cluster = Annotated[str | None, typer.Option(
     callback=_check_cluster, metavar="local:N",
     help="Run on a new local Dask cluster of N worker processes (Zarr stores only; needs the dist extra: "
-         "pip install 'rfstore\\[dist]').")]
+         "pip install 'rfstore[dist]').")]
 Scheduler = Annotated[str | None, typer.Option(
     callback=_check_scheduler, metavar="tcp://HOST:PORT",
     help="Run on the running Dask cluster of this scheduler (Zarr stores only; needs the dist extra).")]
@@ -172,7 +172,7 @@ Maps = Annotated[str | None, typer.Option(help="Comma list of layers whose full 
                                                "(float16).")]
 MemoryFormat = Annotated[str | None, typer.Option(
     metavar="auto|channels_last|contiguous", callback=choice("auto", "channels_last", "contiguous"),
-    help="Tensor layout of the forward pass: auto (channels_last on a CPU, 20-30% faster there; contiguous "
+    help="Tensor layout of the forward pass: auto (channels_last on a CPU, faster there; contiguous "
          f"elsewhere) [default: {D.MEMORY_FORMAT}].")]
 K = Annotated[int | None, typer.Option("--k", min=1, help=f"Images kept per unit [default: {D.K}].")]
 Measure = Annotated[str | None, typer.Option(metavar="max|mean", callback=choice("max", "mean"),

@@ -204,3 +204,28 @@ class Preprocessing:
         mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return mean, std
+
+
+def describe_preprocessing(recorded: Mapping[str, Any] | None) -> str:
+    """The recorded preprocessing (``Preprocessing.to_dict()`` as stored) in words, e.g.
+    ``"RGB; shorter side resized to 256 px; centre crop 224 x 224 px; scaled to [0, 1]; normalised with
+    the ImageNet mean and std"``; ``"not recorded"`` for None."""
+    if not recorded:
+        return "not recorded"
+    channels = int(recorded.get("channels", 3))
+    parts = ["grayscale" if channels == 1 else "RGB"]
+    if recorded.get("resize"):
+        parts.append(f"shorter side resized to {recorded['resize']} px")
+    if recorded.get("crop"):
+        parts.append(f"centre crop {recorded['crop']} x {recorded['crop']} px")
+    parts.append("scaled to [0, 1]")
+    mean, std = recorded.get("mean"), recorded.get("std")
+    if mean is None or std is None:
+        parts.append("not normalised")
+    elif (tuple(round(float(v), 6) for v in mean) == IMAGENET_MEAN
+          and tuple(round(float(v), 6) for v in std) == IMAGENET_STD):
+        parts.append("normalised with the ImageNet mean and std")
+    else:
+        parts.append("normalised with mean " + "/".join(f"{float(v):g}" for v in mean)
+                     + " and std " + "/".join(f"{float(v):g}" for v in std))
+    return "; ".join(parts)

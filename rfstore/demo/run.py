@@ -56,7 +56,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None], progress: Progress 
     pipeline = PipelineConfig(init=init, force=force, report=config.store.parent / "report", options={
         "activations": {"batch_size": 32, "num_workers": 0}, "topk": {"k": config.k},
         "occlude": {"size": size, "stride": stride, "fill": "zero"}})
-    # one torch thread: as fast as two for this tiny network on an idle CPU, and 3x faster on a busy one
+    # one torch thread: no slower for this tiny network on an idle CPU, much faster on a busy one
     # (torch's worker threads spin waiting for each other when they do not get a core)
     with deterministic_cpu():
         result = run_pipeline(config.store, pipeline, say=say, progress=progress)

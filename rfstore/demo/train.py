@@ -34,7 +34,7 @@ from torch import nn
 from rfstore.demo.network import TinyAlexNet
 from rfstore.demo.scenes import CLASSES, scene_arrays
 from rfstore.recorded.network import parameters_digest
-from rfstore.pipeline.devices import torch_threads
+from rfstore.models.threads import torch_threads
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,9 @@ def input_channels(model: nn.Module, input_hw: tuple[int, int], requested: int |
             return channels
         failures.append(f"on {_images(channels)}: {failure}")
     raise InputChannelsError(f"the model cannot be run on grayscale or RGB images of {height}x{width} "
-                             f"({'; '.join(failures)})")
+                             f"({'; '.join(failures)}); if it takes another input size (dense layers after a "
+                             f"flatten fix it), give that size: --resize and --crop at init, --input-size for "
+                             f"rf-theory")
 
 
 def _images(channels: int) -> str:

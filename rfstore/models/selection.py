@@ -41,7 +41,8 @@ from torch import nn
 from .layers import LayerSelectionError, resolve_layers
 from .probe import device_of, eval_mode
 
-__all__ = ["ACTIVATION_TYPES", "Candidate", "is_activation", "module_candidates", "select_layers", "type_name"]
+__all__ = ["ACTIVATION_TYPES", "Candidate", "is_activation", "module_candidates", "module_types",
+           "select_recorded", "select_layers", "type_name"]
 
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -94,6 +95,44 @@ def _has_type(module: nn.Module, wanted: str) -> bool:
     if isinstance(module, torch.jit.ScriptModule):
         return type_name(module).lower() == wanted
     return any(cls.__name__.lower() == wanted for cls in type(module).__mro__)
+
+
+def module_types(module: nn.Module) -> list[str]:
+    """The names a ``type:`` item matches for ``module``: its class and base classes up to ``nn.Module``
+    (a scripted module: its original class), as init records them per layer (``module_types``)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return [type_name(module)]
+    names = []
+    for cls in type(module).__mro__:
+        if cls is nn.Module:
+            break
+        names.append(cls.__name__)
+    return names
+
+
+def select_recorded(selection: list[str], recorded: list[str], types: dict[str, list[str]]) -> list[str]:
+    """The recorded layers a later stage's ``--layers`` items select, in recorded order.
+
+    Items are as at init (names, shell patterns, ``type:NAME``), matched against the recorded layer names
+    and each layer's recorded ``types`` (:func:`module_types`; absent for stores made before they were
+    recorded). Returns the selected names; an item that selects no recorded layer is left to the caller's
+    error by being returned as it is, after the selected names (``unknown = [n for n in result if n not in
+    recorded]``).
+    """
+    chosen: set[str] = set()
+    unknown: list[str] = []
+    for item in selection:
+        if item.startswith("type:"):
+            wanted = item[len("type:"):].strip().lower()
+            names = [name for name in recorded if wanted in (t.lower() for t in types.get(name, []))]
+        elif _GLOB_CHARACTERS & set(item):
+            names = [name for name in recorded if fnmatch.fnmatchcase(name, item)]
+        else:
+            names = [item] if item in recorded else []
+        chosen.update(names)
+        if not names:
+            unknown.append(item)
+    return [name for name in recorded if name in chosen] + unknown
 
 
 def module_candidates(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, Candidate] | None:

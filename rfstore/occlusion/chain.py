@@ -273,27 +273,12 @@ def build_steps(modules: Sequence[nn.Module], hw: tuple[int, int], channels: int
     return steps, shapes, ends
 
 
-def trace_chain(forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], x: torch.Tensor,
-                layers: Sequence[str]) -> tuple[Chain, dict[str, torch.Tensor]]:
-    """Run ``forward(x)`` once and find its sequential prefix.
-
-    Parameters
-    ----------
-    forward : callable
-        ``(B, C, H, W) -> {layer: tensor}``.
-    x : torch.Tensor, shape (B, C, H, W)
-        Input batch (on the forward's device and dtype).
-    layers : sequence of str
-        Layers to locate in the chain.
-
-    Returns
-    -------
-    chain : Chain
-    outputs : dict
-        What ``forward(x)`` returned.
-    """
+def _record_leaf_calls(forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], x: torch.Tensor
+                       ) -> tuple[list[list], dict[str, torch.Tensor]]:
+    """``forward(x)`` with every leaf module call on this thread recorded, in call order, as
+    ``[module, input, input value, output, output value]`` (the values cloned); and what it returned."""
     owner = threading.get_ident()
-    recs: list[list] = []  # [module, arg, arg value, out, out value] per leaf call
+    recs: list[list] = []
 
     def leaf(m: nn.Module) -> bool:
         return threading.get_ident() == owner and next(m.children(), None) is None
@@ -314,6 +299,44 @@ def trace_chain(forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], x
     finally:
         for h in handles:
             h.remove()
+    return recs, outputs
+
+
+def _locate(layers: Sequence[str], outputs: Mapping[str, torch.Tensor], modules: list[nn.Module],
+            values: list[torch.Tensor]) -> dict[str, int]:
+    """``{layer: index in the chain}`` of each layer whose output equals a chain module's output (the last of
+    equal ones when only identity modules lie between them)."""
+    found: dict[str, int] = {}
+    for name in layers:
+        v = outputs.get(name)
+        if not isinstance(v, torch.Tensor):
+            continue
+        hits = [i for i, val in enumerate(values) if val.shape == v.shape and torch.equal(val, v)]
+        if hits and all(type(modules[j]) in _IDENTITY for j in range(hits[0] + 1, hits[-1] + 1)):
+            found[name] = hits[-1]
+    return found
+
+
+def trace_chain(forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], x: torch.Tensor,
+                layers: Sequence[str]) -> tuple[Chain, dict[str, torch.Tensor]]:
+    """Run ``forward(x)`` once and find its sequential prefix.
+
+    Parameters
+    ----------
+    forward : callable
+        ``(B, C, H, W) -> {layer: tensor}``.
+    x : torch.Tensor, shape (B, C, H, W)
+        Input batch (on the forward's device and dtype).
+    layers : sequence of str
+        Layers to locate in the chain.
+
+    Returns
+    -------
+    chain : Chain
+    outputs : dict
+        What ``forward(x)`` returned.
+    """
+    recs, outputs = _record_leaf_calls(forward, x)
     modules: list[nn.Module] = []
     values: list[torch.Tensor] = []
     prev_obj, prev_val = x, x
@@ -323,14 +346,7 @@ def trace_chain(forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], x
         modules.append(mod)
         values.append(out_val)
         prev_obj, prev_val = out, out_val
-    found: dict[str, int] = {}
-    for name in layers:
-        v = outputs.get(name)
-        if not isinstance(v, torch.Tensor):
-            continue
-        hits = [i for i, val in enumerate(values) if val.shape == v.shape and torch.equal(val, v)]
-        if hits and all(type(modules[j]) in _IDENTITY for j in range(hits[0] + 1, hits[-1] + 1)):
-            found[name] = hits[-1]
+    found = _locate(layers, outputs, modules, values)
     batch = max(1, x.shape[0])
     sizes = tuple(0 if r[4] is None else r[4].numel() * r[4].element_size() // batch for r in recs)
     macs = tuple(_call_macs(r[0], r[4]) // batch for r in recs)

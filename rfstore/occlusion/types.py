@@ -67,6 +67,11 @@ class Occluder:
             raise OccluderError(f"an occluder of {self.size} px does not fit in {length} px")
         return np.arange(0, length - self.size + 1, self.stride, dtype=np.int64)
 
+    def uncovered(self, length: int) -> int:
+        """Pixels at the end of an axis of ``length`` that no position covers (``(length - size) % stride``)."""
+        positions = self.positions(length)
+        return int(length - (positions[-1] + self.size)) if len(positions) else length
+
     def grid(self, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Positions ``(pos_y (n_oy,), pos_x (n_ox,))`` on an ``(H, W)`` input."""
         return self.positions(int(hw[0])), self.positions(int(hw[1]))

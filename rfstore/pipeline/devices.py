@@ -9,22 +9,6 @@ import torch
 from rfstore.errors import UsageError
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch on ``n`` CPU threads inside the block, the previous count restored after.
-
-    One thread makes every CPU kernel add in a fixed order (bit-for-bit repeatable
-    training), and is faster for tiny networks and drawing, whose small ops cost
-    more in thread hand-offs than they gain.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA if present, else Apple's MPS, else the CPU; other names are checked."""
     name = name.lower()
@@ -62,7 +46,7 @@ def exact_float32() -> Iterator[None]:
 def channels_last_for(device: torch.device, requested: str) -> bool:
     """Whether a stage asked for memory format ``requested`` (auto, channels_last or
     contiguous) runs its 4-d tensors channels_last on ``device``: auto means on the
-    CPU only, where oneDNN's convolutions gain 20-30% from it (measured on AlexNet)."""
+    CPU only, where oneDNN's convolutions are faster in it."""
     if requested == "auto":
         return device.type == "cpu"
     return requested == "channels_last"

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from rfstore.pipeline.registry import STAGES
 from rfstore.pipeline.run import PipelineConfig, initialised, recorded_params, run_pipeline_asked
 from rfstore.pipeline.stage import resolve_config
 from rfstore.pipeline.stages.init import run_init
-from rfstore.pipeline.stages.occlude import OccludeConfig, selected_units
+from rfstore.pipeline.stages.occlude import OccludeConfig, occluder_notes, selected_units
 from rfstore.recorded.network import NetworkContext
 from rfstore.recorded.progress import StageProgress
 from rfstore.store import open_store
@@ -37,9 +37,9 @@ __all__ = ["PlanRow", "RunPlan", "plan_run", "plan_pipeline", "format_plan", "du
 
 DAY = 86400.0
 TOPK_SECONDS_PER_VALUE = 4e-9
-"""Running top-K update, per (image, unit) value (measured: 2-5 ns on a 2-core x86_64)."""
+"""Running top-K update, seconds per (image, unit) value: the cost model's prior for one CPU core."""
 DISSECT_SECONDS_PER_MASK = 2e-4
-"""Scoring one segmentation against every concept's mask (measured: 0.1-0.3 ms at 224 x 224 px)."""
+"""Scoring one segmentation against every concept's mask, seconds at 224 x 224 px: the cost model's prior."""
 LAYER_META_OPS = 12
 """Arrays created and attributes changed per layer by a stage (its bookkeeping included)."""
 OVERLAP = 0.25
@@ -68,6 +68,7 @@ class PlanRow:
 class RunPlan:
     rows: list[PlanRow]
     machine: Machine
+    notes: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -179,7 +180,7 @@ def _occlude(ctx: NetworkContext, machine: Machine, engine: OcclusionEngine, lay
             cost, macs, passes = cost + work.cost, macs + image_macs, passes + image_passes
         images = len(by_image)
     else:
-        cost, macs, passes, images = _occlude_bound(ctx, engine, layers, counts, hw, n_oy * n_ox)
+        cost, macs, passes, images = _occlude_bound(ctx, machine, engine, layers, counts, hw, n_oy * n_ox)
     compute = machine.model_load + cost * machine.incremental + macs * machine.forward_mac + images * machine.image_load
     writes = machine.io(targets, targets * map_bytes)  # on a background thread while the next image computes
     seconds = max(compute, writes) + OVERLAP * min(compute, writes)
@@ -187,9 +188,35 @@ def _occlude(ctx: NetworkContext, machine: Machine, engine: OcclusionEngine, lay
                     bound=not exact, units=targets), *rows]
 
 
-def _occlude_bound(ctx: NetworkContext, engine: OcclusionEngine, layers: list[str], counts: dict[str, int],
-                   hw: tuple[int, int], positions: int) -> tuple[float, float, int, int]:
-    """Upper bounds before ``topk``: every target on its own image, each image one whole shared pass."""
+def _occlude_bound(ctx: NetworkContext, machine: Machine, engine: OcclusionEngine, layers: list[str],
+                   counts: dict[str, int], hw: tuple[int, int], positions: int) -> tuple[float, float, int, int]:
+    """Upper bounds before ``topk`` (cost units, multiply-adds, occluded inputs, images): the cheaper of every
+    image one whole shared pass, and every map computed alone (the planner never does worse than either)."""
+    shared = _shared_bound(ctx, engine, layers, counts, hw, positions)
+    alone = _alone_bound(ctx, engine, layers, counts, hw)
+    return min(shared, alone, key=lambda bound: bound[0] * machine.incremental + bound[1] * machine.forward_mac)
+
+
+def _alone_bound(ctx: NetworkContext, engine: OcclusionEngine, layers: list[str], counts: dict[str, int],
+                 hw: tuple[int, int]) -> tuple[float, float, int, int]:
+    """Every map on its own image, its unit in the middle of the layer's map (where its cone is widest)."""
+    cost = macs = 0.0
+    passes = 0
+    for layer in layers:
+        if not counts[layer]:
+            continue
+        shape = ctx.layer_attrs(layer)["output_shape"]
+        y, x = (shape[-2] // 2, shape[-1] // 2) if len(shape) == 3 else (0, 0)
+        work, target_passes, target_macs = engine.estimate([OcclusionTarget(0, layer, 0, y, x)],
+                                                           ctx.input_channels, hw)
+        cost, macs = cost + counts[layer] * work.cost, macs + counts[layer] * target_macs
+        passes += counts[layer] * target_passes
+    return cost, macs, passes, min(ctx.n_images, sum(counts.values()))
+
+
+def _shared_bound(ctx: NetworkContext, engine: OcclusionEngine, layers: list[str], counts: dict[str, int],
+                  hw: tuple[int, int], positions: int) -> tuple[float, float, int, int]:
+    """Every image a top image of some map, each image one whole shared pass to the deepest layer."""
     prefix = engine.prefix
     images = min(ctx.n_images, sum(counts.values()))
     steps = [prefix.layer_step[layer] + 1 for layer in layers if layer in prefix.layer_step]
@@ -272,7 +299,8 @@ def plan_run(ctx: NetworkContext, occlude: OccludeConfig, k: int, maps: tuple[st
                       occlude, k),
             *_rf(ctx, machine, layers, occlude, k), *_segment(ctx, machine, layers, k),
             *_dissect(ctx, machine, layers, k)]
-    return RunPlan(rows, machine)
+    occluded = [layer for layer in layers if "rf_theory_size" in ctx.layer_attrs(layer)]
+    return RunPlan(rows, machine, occluder_notes(ctx, occlude, occluded))
 
 
 def plan_pipeline(store: str | Path, config: PipelineConfig, say: Callable[[str], None]) -> RunPlan:
@@ -343,9 +371,10 @@ def format_plan(plan: RunPlan) -> str:
     lines.append(f"total: about {duration(total)} on this machine; {_size(plan.nbytes)} in the store (uncompressed)")
     m = plan.machine
     lines.append(f"calibration: {m.forward_image * 1e3:.1f} ms per image forward, "
-                 f"{1e-9 / m.forward_mac / FORWARD_COST:.0f} G multiply-adds/s in the network's modules, "
-                 f"{1e-9 / max(m.incremental, 1e-30):.0f} G cost units/s incremental, "
+                 f"{1e-9 / m.forward_mac / FORWARD_COST:.3g} G multiply-adds/s in the network's modules, "
+                 f"{1e-9 / max(m.incremental, 1e-30):.3g} G cost units/s incremental, "
                  f"{1e-6 / max(m.write, 1e-30):.0f} MB/s and {m.chunk * 1e3:.1f} ms per chunk store writes")
+    lines += [f"note: {note}" for note in plan.notes]
     if total > DAY:
         lines.append(f"warning: this would take about {duration(total)}; select fewer layers (--layers) or units "
                      f"(--units), use a smaller K (--k), a larger --stride, or run on a GPU or a cluster")

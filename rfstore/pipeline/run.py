@@ -130,6 +130,7 @@ def run_pipeline(store: str | Path, config: PipelineConfig | None = None, *, say
     if config.cluster is not None:
         require_zarr(path)  # before init: a distributed run stops before doing anything
     result = PipelineResult(network=config.network)
+    weights_said = config.init is not None
     if config.init is not None:
         result.network = _init(path, config.init, config.force, say).network
     elif not initialised(path):
@@ -141,7 +142,7 @@ def run_pipeline(store: str | Path, config: PipelineConfig | None = None, *, say
         for n, stage in enumerate(stages):
             ctx = NetworkContext.open(st, result.network)
             result.network = ctx.network
-            if n == 0:
+            if n == 0 and not weights_said:
                 say(f"{ctx.network}: {ctx.model_spec.spec}, {describe_weights(ctx.attrs['model'])}")
             reason = stage.skip(ctx) if stage.skip is not None and config.stages is None else None
             if reason is not None:
@@ -168,6 +169,8 @@ def run_pipeline(store: str | Path, config: PipelineConfig | None = None, *, say
 def _init(path: Path, init: InitConfig, force: bool, say: Say) -> InitResult:
     """Record the network; a failed init leaves no store behind where there was none."""
     recording = prepare_init(init)  # every check of the model and the images, before anything is written
+    model = init.model.to_dict()
+    say(f"{recording.network}: {init.model.spec}, {describe_weights(model)}")
     existed = path.exists()
     try:
         with open_store(path, "a") as store:

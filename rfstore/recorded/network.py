@@ -118,10 +118,15 @@ class NetworkContext:
         return int(self.layer_attrs(layer)["num_units"])
 
     def check_layers(self, selection: list[str] | None) -> list[str]:
-        """The recorded layers, or the selected subset of them (error names unknown ones)."""
+        """The recorded layers, or those ``selection`` selects (names, shell patterns, ``type:NAME`` as at
+        init), in recorded order; an item that selects none is an error naming the recorded layers."""
         if not selection:
             return self.layers
-        unknown = [name for name in selection if name not in self.layers]
+        from rfstore.models.selection import select_recorded
+
+        types = {name: list(self.layer_attrs(name).get("module_types", [])) for name in self.layers}
+        selected = select_recorded(list(selection), self.layers, types)
+        unknown = [name for name in selected if name not in self.layers]
         if unknown:
             import difflib
 
@@ -129,7 +134,7 @@ class NetworkContext:
             hint = f"near matches: {', '.join(near)}; " if near else ""
             raise RfstoreError(f"layer(s) {', '.join(unknown)} not in the store; {hint}"
                                f"it records: {', '.join(self.layers)}")
-        return [name for name in self.layers if name in selection]
+        return selected
 
     def load_model(self) -> LoadedModel:
         """Rebuild the recorded model and check its parameters are bit-identical to init's."""
@@ -157,8 +162,7 @@ class NetworkContext:
 class ParameterCheck:
     """:meth:`NetworkContext.check_parameters` on a background thread.
 
-    Hashing a large network's parameters takes seconds (1.2 s for AlexNet's
-    244 MB); ``hashlib`` releases the GIL, so the check runs while the first
+    Hashing a large network's parameters takes seconds; ``hashlib`` releases the GIL, so the check runs while the first
     batches compute. :meth:`result` waits for it and raises on a mismatch;
     call it before the first write. The tensors are captured at construction,
     so the module may then be moved or converted.

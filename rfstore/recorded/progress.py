@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from rfstore import __version__
+from rfstore.version import __version__
 from rfstore.errors import MissingInputError, StageMismatchError
 from rfstore.store import ArraySpec, Store
 from rfstore.store.layout import INTERNAL, progress_group

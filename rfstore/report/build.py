@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rfstore.datasets.preprocess import describe_preprocessing
 from rfstore.errors import MissingInputError, RfstoreError, UsageError
 from rfstore.report import figures, pages, plots
 from rfstore.results.layers import ImageCache, LayerReader, LayerTable, UnitData
@@ -34,8 +35,9 @@ from rfstore.store import Store
 MARKER = ".rfstore-report"
 #: the plot of every network's RF size against relative depth, beside index.html (stores of several networks)
 COMPARE_PLOT = "rf_compare.png"
-#: side of the report's tiles: small inputs are zoomed to at least this, 96-240 px ones kept as they are
-TILE_PX = 96
+#: side of the report's top-image tiles: smaller inputs are zoomed by an integer factor to at least this,
+#: inputs up to 2.5 times this kept as they are, bigger ones shrunk to twice this
+TILE_PX = 224
 
 
 @dataclass(frozen=True)
@@ -102,15 +104,21 @@ def _networks(store: Store, network: str | None) -> list[str]:
     return network_names(store, [network] if network is not None else [])
 
 
+def _classes(attrs: dict) -> str:
+    classes = list(attrs.get("classes", []))
+    return f" ({len(classes)} classes: {', '.join(map(str, classes[:6]))}{', ...' if len(classes) > 6 else ''})" \
+        if classes else ""
+
+
 def _facts(ctx: NetworkContext) -> list[tuple[str, str]]:
     attrs = ctx.attrs
     model = attrs.get("model", {})
     weights_text = describe_weights(model)
     height, width = ctx.input_size
     return [("model", str(attrs.get("model_spec", model.get("spec", "?")))), ("weights", weights_text),
-            ("dataset", f"{ctx.n_images} images in {attrs.get('dataset_root', '?')}"
-                        f" ({len(attrs.get('classes', []))} classes)"),
-            ("input", f"{height} x {width} px, preprocessing {json.dumps(attrs.get('preprocessing'))}"),
+            ("dataset", f"{ctx.n_images} images in {attrs.get('dataset_root', '?')}" + _classes(attrs)),
+            ("input", f"{height} x {width} px"),
+            ("preprocessing", describe_preprocessing(attrs.get("preprocessing"))),
             ("created", str(attrs.get("created", "?")))]
 
 
@@ -125,11 +133,10 @@ def _selected_units(n_units: int, units: slice | None) -> list[int]:
 
 @dataclass(frozen=True)
 class _Drawing:
-    """How a report draws units: where images come from, their zoom in the PNG and in the browser."""
+    """How a report draws units: where images come from and their zoom in the PNG."""
 
     images: ImageCache
     scale: float
-    zoom: int
 
 
 def _unit_figures(data: UnitData, drawing: _Drawing, layer_dir: Path) -> dict[str, tuple[str, int, int]]:
@@ -147,8 +154,7 @@ def _unit_figures(data: UnitData, drawing: _Drawing, layer_dir: Path) -> dict[st
             continue
         name = pages.unit_image_name(data.unit, kind)
         _save(picture, layer_dir / name)
-        zoom = drawing.zoom if kind in ("montage", "discrepancy") else 1
-        written[kind] = (name, picture.width * zoom, picture.height * zoom)
+        written[kind] = (name, picture.width, picture.height)
     return written
 
 
@@ -195,8 +201,7 @@ def _network_report(store: Store, network: str, folder: str, config: ReportConfi
     result.figures += 1
     layer_slugs = _unique_slugs(ctx.layers)
     scale = figures.tile_scale(ctx.input_size, target=TILE_PX)
-    # the browser shows small tiles twice as large, pixel for pixel (CSS image-rendering: pixelated)
-    drawing = _Drawing(ImageCache(ctx), scale, 2 if max(ctx.input_size) * scale < 160 else 1)
+    drawing = _Drawing(ImageCache(ctx), scale)
     for table in tables:
         layer = table.info.layer
         if layer in selected:
@@ -218,7 +223,7 @@ def _comparison(store: Store, sections: list[pages.NetworkSection], out: Path,
 
 def _one_thread() -> AbstractContextManager[None]:
     """torch on one thread while drawing: its few small ops cost more in thread hand-offs than they gain."""
-    from rfstore.pipeline.devices import torch_threads
+    from rfstore.models.threads import torch_threads
 
     return torch_threads(1)
 

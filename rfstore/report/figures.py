@@ -258,14 +258,17 @@ def rf_heatmap(unit: UnitData, target: int = 200) -> Image.Image | None:
         ImageDraw.Draw(heat).rectangle([xs.start * scale, ys.start * scale, xs.stop * scale - 1, ys.stop * scale - 1],
                                        outline=BOX_COLOUR, width=2)
     label = f"RF {_fmt(unit.rf_size, 3)} px (theory {unit.info.theory_label})"
-    out = Image.new("RGB", (max(heat.width, 150) + 2 * GAP, heat.height + LABEL_H + 30), BACKGROUND)
+    out = Image.new("RGB", (max(heat.width, 150) + 2 * GAP, heat.height + LABEL_H + 42), BACKGROUND)
     draw = ImageDraw.Draw(out)
     draw.text((GAP, 2), label, fill=TEXT, font=font(11))
     out.paste(heat, (GAP, LABEL_H))
     bar_y = LABEL_H + heat.height + 4
     out.paste(colour_bar("inferno", heat.width), (GAP, bar_y))
     draw.text((GAP, bar_y + 11), "0", fill=TEXT, font=font(10))
-    draw.text((GAP + heat.width - 40, bar_y + 11), f"{_fmt(peak)}", fill=TEXT, font=font(10))
+    peak_text = _fmt(peak)
+    draw.text((GAP + heat.width - draw.textlength(peak_text, font=font(10)), bar_y + 11), peak_text, fill=TEXT,
+              font=font(10))
+    draw.text((out.width // 2, bar_y + 23), "mean activation drop (rf_map)", fill=TEXT, font=font(10), anchor="ma")
     return out
 
 

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from rfstore.report.figures import BOX_COLOUR, DISSECT_COLOUR, SEG_COLOUR
 from rfstore.results.layers import LayerTable, UnitData
 from rfstore.results.compare import Comparison
 from rfstore.results.table import LayerRow
@@ -144,6 +145,10 @@ def _empirical(row: LayerRow) -> str:
     return f"{row.empirical_mean:.1f} &plusmn; {row.empirical_std:.1f}" if row.measured else "-"
 
 
+def _measured(row: LayerRow) -> str:
+    return f"{row.measured} / {row.n_units}" if row.rf_ran else "not run"
+
+
 def _layer_link(layer: str, folder: str, layer_folders: dict[str, str]) -> str:
     """The layer's name, linked to its page when the report has one."""
     if layer not in layer_folders:
@@ -187,7 +192,7 @@ def comparison_html(part: ComparisonSection) -> str:
             cells.append(f'<td title="relative depth {row.depth:.2f}">'
                          f'{_layer_link(row.layer, section.folder, section.layer_folders)}</td>'
                          f'<td class="num">{escape(row.theory_label)}</td><td class="num">{_empirical(row)}</td>'
-                         f'<td class="num">{row.measured} / {row.n_units}</td><td class="num">{row.labelled}</td>')
+                         f'<td class="num">{_measured(row)}</td><td class="num">{row.labelled_label}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     parts.append('<table id="compare"><thead><tr><th rowspan="2" class="num">relative depth</th>' + head
                  + "</tr><tr>" + sub + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
@@ -217,7 +222,7 @@ def index_page(title: str, sections: list[NetworkSection], notes: Sequence[str] 
                 f'<tr><td>{_layer_link(row.layer, section.folder, section.layer_folders)}</td>'
                 f'<td>{escape(row.kind)}</td><td class="num">{row.n_units}</td>'
                 f'<td class="num">{escape(row.theory_label)}</td><td class="num">{_empirical(row)}</td>'
-                f'<td class="num">{row.measured}</td><td class="num">{row.labelled}</td>'
+                f'<td class="num">{row.measured_label}</td><td class="num">{row.labelled_label}</td>'
                 f'<td>{escape(_concepts(row))}</td></tr>')
         parts.append('<table><thead><tr><th>layer</th><th>kind</th><th class="num">units</th>'
                      '<th class="num">theoretical RF (px)</th><th class="num">empirical RF (px)</th>'
@@ -269,9 +274,21 @@ def layer_page(table: LayerTable, network_label: str, unit_pages: set[int], hist
     return page(title, "\n".join(parts), nav, SORT_JS)
 
 
-LEGEND = ('<span class="swatch" style="background:#ffd700"></span>segmentation (empirical RF placed on the unit; '
-          'outside dimmed) <span class="swatch" style="background:#ff00ff"></span>NetDissect mask '
-          '<span class="swatch" style="background:#00c8ff"></span>theoretical RF and its centre')
+def _swatch(colour: tuple[int, int, int], text: str) -> str:
+    red, green, blue = colour
+    return f'<span class="swatch" style="background:#{red:02x}{green:02x}{blue:02x}"></span>{text}'
+
+
+def montage_legend(unit: UnitData) -> str:
+    """The montage's legend: only the overlays drawn for this unit (segmentation, dissect mask, RF box)."""
+    entries = []
+    if unit.seg_mask is not None:
+        entries.append(_swatch(SEG_COLOUR, "segmentation (empirical RF placed on the unit; outside dimmed)"))
+    if unit.seg_mask_dissect is not None:
+        entries.append(_swatch(DISSECT_COLOUR, "NetDissect mask"))
+    if unit.info.theory_size is not None:
+        entries.append(_swatch(BOX_COLOUR, "theoretical RF and its centre"))
+    return " ".join(entries)
 
 
 def unit_page(unit: UnitData, network_label: str, images: dict[str, str], paths: Sequence[str],
@@ -299,7 +316,7 @@ def unit_page(unit: UnitData, network_label: str, images: dict[str, str], paths:
              '<dl class="facts">' + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts) + "</dl>"]
     stage = {"montage": "topk", "discrepancy": "occlude", "rf": "rf"}
     sections = [("montage", "Top images", f"The unit's top {len(unit.image)} images, best first "
-                 f"(activations below). {LEGEND}."),
+                 f"(activations below). {montage_legend(unit)}"),
                 ("discrepancy", "Discrepancy maps", "How much the unit's activation drops when the occluder "
                  "covers each pixel (mean over the occluder windows covering it), in one colour scale per unit; "
                  "red: a drop, blue: a rise."),

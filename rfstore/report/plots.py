@@ -18,6 +18,12 @@ def _figure(width: float, height: float):  # -> matplotlib.figure.Figure
     return figure
 
 
+def _legend(ax, **kwargs) -> None:  # ax: matplotlib.axes.Axes
+    """A legend of what was drawn; none when nothing labelled was drawn."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def rf_depth_figure(tables: list[LayerTable], network: str):  # -> matplotlib.figure.Figure
     """Empirical RF size of every unit (dots), its mean +- std per layer and the theoretical size,
     against the layer's depth (Zhou et al. 2015, Table 1 as a plot).
@@ -33,7 +39,8 @@ def rf_depth_figure(tables: list[LayerTable], network: str):  # -> matplotlib.fi
     ax = figure.add_subplot()
     depth = np.arange(1, len(tables) + 1)
     theory = [float(np.mean(t.info.theory_size)) if t.info.theory_size else np.nan for t in tables]
-    ax.plot(depth, theory, "s--", color="tab:blue", label="theoretical RF")
+    if np.isfinite(theory).any():
+        ax.plot(depth, theory, "s--", color="tab:blue", label="theoretical RF")
     rng = np.random.default_rng(0)
     means, stds = [], []
     for d, table in zip(depth, tables):
@@ -43,14 +50,16 @@ def rf_depth_figure(tables: list[LayerTable], network: str):  # -> matplotlib.fi
                        linewidths=0)
         means.append(sizes.mean() if sizes.size else np.nan)
         stds.append(sizes.std() if sizes.size else np.nan)
-    ax.errorbar(depth, means, yerr=stds, fmt="o-", color="tab:red", capsize=3, label="empirical RF (mean +- std)")
+    if np.isfinite(means).any():
+        ax.errorbar(depth, means, yerr=stds, fmt="o-", color="tab:red", capsize=3,
+                    label="empirical RF (mean +- std)")
     ax.set_xticks(depth, [t.info.layer for t in tables], rotation=30 if len(tables) > 6 else 0, fontsize=8)
     ax.set_xlabel("layer (depth)")
     ax.set_ylabel("RF size (input pixels)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"{network}: receptive field size against depth", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    _legend(ax, fontsize=8, loc="upper left")
     return figure
 
 
@@ -63,17 +72,20 @@ def rf_compare_figure(comparison: Comparison):  # -> matplotlib.figure.Figure
     for name, colour in zip(comparison.networks, colours):
         rows = comparison.tables[name]
         depth = [row.depth for row in rows]
-        ax.plot(depth, [row.theoretical for row in rows], "s--", color=colour, alpha=0.6, markersize=4,
-                label=f"{name}: theoretical")
-        ax.errorbar(depth, [row.empirical_mean for row in rows], yerr=[row.empirical_std for row in rows],
-                    fmt="o-", color=colour, capsize=3, label=f"{name}: empirical (mean +- std)")
+        theory = [row.theoretical for row in rows]
+        if np.isfinite(theory).any():
+            ax.plot(depth, theory, "s--", color=colour, alpha=0.6, markersize=4, label=f"{name}: theoretical")
+        means = [row.empirical_mean for row in rows]
+        if np.isfinite(means).any():
+            ax.errorbar(depth, means, yerr=[row.empirical_std for row in rows], fmt="o-", color=colour, capsize=3,
+                        label=f"{name}: empirical (mean +- std)")
     ax.set_xlim(-0.05, 1.05)
     ax.set_xlabel("relative depth (position among the recorded layers: 0 = first, 1 = last)")
     ax.set_ylabel("RF size (input pixels)")
     ax.set_ylim(bottom=0)
     ax.set_title("receptive field size against relative depth", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    _legend(ax, fontsize=7, loc="upper left")
     return figure
 
 
@@ -89,6 +101,9 @@ def rf_histogram_figure(table: LayerTable):  # -> matplotlib.figure.Figure
         ax.legend(fontsize=8)
     ax.set_xlabel("empirical RF size (input pixels)")
     ax.set_ylabel("units")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{table.info.layer}: {sizes.size} of {table.info.n_units} units measured", fontsize=10)
     return figure
 

@@ -40,7 +40,9 @@ class LayerRow:
 
     ``theory_size`` is ``(y, x)`` in input pixels (None when the layer has none); ``empirical_mean`` and
     ``empirical_std`` (population std) are over the measured units' ``rf_size``, NaN when none is measured;
-    ``concepts`` are the labels with their unit counts, most frequent first (ties alphabetical).
+    ``concepts`` are the labels with their unit counts, most frequent first (ties alphabetical);
+    ``rf_ran`` / ``dissect_ran`` say whether ``rf`` / ``dissect`` wrote their arrays for the layer (a count
+    of 0 then means "none measured", not "not run").
     """
 
     network: str
@@ -55,6 +57,8 @@ class LayerRow:
     measured: int
     labelled: int
     concepts: tuple[tuple[str, int], ...]
+    rf_ran: bool = True
+    dissect_ran: bool = True
 
     @property
     def theoretical(self) -> float:
@@ -69,6 +73,16 @@ class LayerRow:
     def empirical_label(self) -> str:
         """``"10.2 +- 1.3"``, or ``"-"`` when no unit is measured."""
         return f"{self.empirical_mean:.1f} +- {self.empirical_std:.1f}" if self.measured else "-"
+
+    @property
+    def measured_label(self) -> str:
+        """Units with an empirical RF, or ``"not run"`` before ``rf``."""
+        return str(self.measured) if self.rf_ran else "not run"
+
+    @property
+    def labelled_label(self) -> str:
+        """Units with a concept, or ``"not run"`` before ``dissect``."""
+        return str(self.labelled) if self.dissect_ran else "not run"
 
 
 def _read(ctx: NetworkContext, layer: str, name: str) -> np.ndarray | None:
@@ -89,10 +103,11 @@ def layer_row(ctx: NetworkContext, layer: str) -> LayerRow:
     """Table 1's row of one recorded layer."""
     attrs = ctx.layer_attrs(layer)
     size = attrs.get("rf_theory_size")
-    sizes = _read(ctx, layer, "rf_size")
-    sizes = np.zeros(0) if sizes is None else np.asarray(sizes, dtype=np.float64)
+    stored_sizes = _read(ctx, layer, "rf_size")
+    sizes = np.zeros(0) if stored_sizes is None else np.asarray(stored_sizes, dtype=np.float64)
     sizes = sizes[~np.isnan(sizes)]
-    concepts = _concept_counts(_read(ctx, layer, "concept"))
+    concept = _read(ctx, layer, "concept")
+    concepts = _concept_counts(concept)
     index = ctx.layers.index(layer)
     return LayerRow(
         network=ctx.network, layer=layer, index=index, depth=relative_depth(index, len(ctx.layers)),
@@ -101,6 +116,7 @@ def layer_row(ctx: NetworkContext, layer: str) -> LayerRow:
         empirical_mean=float(sizes.mean()) if sizes.size else math.nan,
         empirical_std=float(sizes.std()) if sizes.size else math.nan,
         measured=int(sizes.size), labelled=sum(count for _, count in concepts), concepts=concepts,
+        rf_ran=stored_sizes is not None, dissect_ran=concept is not None,
     )
 
 
@@ -117,7 +133,8 @@ def row_cells(row: LayerRow | None) -> list[str]:
     """The text cells of :data:`COLUMNS` for one row (blanks for a network without a layer there)."""
     if row is None:
         return [""] * len(COLUMNS)
-    return [row.layer, row.theory_label, row.empirical_label, f"{row.measured}/{row.n_units}", str(row.labelled)]
+    return [row.layer, row.theory_label, row.empirical_label, f"{row.measured}/{row.n_units}" if row.rf_ran else "not run",
+            row.labelled_label]
 
 
 def pad(lines: list[list[str]], left: set[int]) -> list[list[str]]:

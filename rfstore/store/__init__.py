@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rfstore.store.journal import is_hot
 from rfstore.store.base import ArraySpec, Store, StoreError, StoreWriteError
 from rfstore.store.lock import StoreLock, StoreLockedError, default_wait
 
@@ -36,6 +37,8 @@ def check_kind(path: Path, backend: str) -> None:
     if backend == "hdf5":
         if path.is_dir():
             raise StoreError(f"{path} is a folder, not an HDF5 file; {what}")
+        if is_hot(path):  # a writer died mid-transaction: opening rolls the file back to its last checkpoint
+            return
         with open(path, "rb") as f:
             head = f.read(len(HDF5_SIGNATURE))
         if head and head != HDF5_SIGNATURE:

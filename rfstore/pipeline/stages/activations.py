@@ -57,7 +57,7 @@ class ActivationsConfig:
     ``maps`` and ``memory_format`` change the results (the memory format by
     rounding only: the order of the sums inside the convolutions); they make
     the stage's fingerprint. ``memory_format="auto"`` runs a CPU in
-    channels_last, where oneDNN's convolutions are 20-30% faster, and other
+    channels_last, where oneDNN's convolutions are faster, and other
     devices in the contiguous format; a model that cannot run channels_last
     (a ``view`` of an activation, say) falls back to contiguous by itself.
     """

@@ -28,13 +28,14 @@ import numpy as np
 import torch
 import torchvision
 
-from rfstore import __version__
+from rfstore.version import __version__
 from rfstore.rf.theory import ReceptiveFieldError, theoretical_receptive_fields
 from rfstore.datasets import BadImageError, ImageFolderIndex, Preprocessing, load_rgb, scan_image_folder
 from rfstore.datasets.broden import BrodenDataset, is_broden, read_broden
 from rfstore.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rfstore.errors import InputError, RfstoreError, StageMismatchError, StoreError, UsageError
 from rfstore.models import LayerInfo, ModelSpec, input_channels, load_model, probe_layers, select_layers
+from rfstore.models.selection import module_types
 from rfstore.recorded.network import parameters_digest
 from rfstore.pipeline.stages.netdissect_store import write_broden_tables
 from rfstore.recorded.progress import fingerprint
@@ -236,6 +237,9 @@ def _write_layer(store: Store, rec: Recording, info: LayerInfo, rf: Any, rf_erro
     write_coordinate(store, group, "image", np.arange(len(rec.index.paths)))
     write_coordinate(store, group, "unit", np.arange(info.num_units))
     attrs: dict[str, object] = {"kind": info.kind, "num_units": info.num_units, "output_shape": list(info.output_shape)}
+    module = dict(rec.loaded.module.named_modules()).get(info.name)
+    if module is not None:
+        attrs["module_types"] = module_types(module)
     if rf is not None:
         attrs |= {"rf_theory_size": list(rf.size), "rf_theory_jump": list(rf.jump), "rf_theory_start": list(rf.start)}
     else:

@@ -107,6 +107,26 @@ class OccludeResult:
     skipped_layers: list[str] = field(default_factory=list)
     images: int = 0
     stats: OcclusionStats = field(default_factory=OcclusionStats)
+    notes: list[str] = field(default_factory=list)
+
+
+def occluder_notes(ctx: NetworkContext, config: OccludeConfig, layers: list[str]) -> list[str]:
+    """What a researcher should know about this occluder on this network: input pixels at the bottom and right
+    edges that no position covers (they get no discrepancy: 0 in the maps and the RF), and layers whose
+    theoretical RF is smaller than the occluder (their empirical RF then measures the occluder)."""
+    height, width = ctx.input_size
+    notes = []
+    rows, cols = config.occluder.uncovered(height), config.occluder.uncovered(width)
+    if rows or cols:
+        spans = sorted({height - config.size, width - config.size})
+        notes.append(f"the {config.size} px occluder at stride {config.stride} never covers the last {rows} row(s) "
+                     f"and {cols} column(s) of the {height}x{width} input; a stride that divides "
+                     f"{' and '.join(map(str, spans))} covers every pixel")
+    small = [layer for layer in layers if max(ctx.layer_attrs(layer).get("rf_theory_size", [10**9])) < config.size]
+    if small:
+        notes.append(f"the theoretical RF of layer(s) {', '.join(small)} is smaller than the {config.size} px occluder: "
+                     f"their empirical RF measures the occluder more than the unit; a smaller --size fits them")
+    return notes
 
 
 def layer_geometry(ctx: NetworkContext, layer: str) -> LayerGeometry:
@@ -180,7 +200,7 @@ def run_occlude(ctx: NetworkContext, config: OccludeConfig, force: bool = False,
         config.occluder.grid((height, width))
     except OccluderError:
         raise RfstoreError(f"an occluder of {config.size} px does not fit in the {height}x{width} input") from None
-    result = OccludeResult()
+    result = OccludeResult(notes=occluder_notes(ctx, config, layers))
     trackers: dict[str, StageProgress] = {}
     work: list[Work] = []
     for layer in layers:
@@ -355,7 +375,7 @@ def summary(result: OccludeResult, ctx: NetworkContext) -> list[str]:
         lines.append(f"occlude: already complete for {', '.join(result.skipped_layers)}; nothing to do there")
     if not result.maps_done and not result.skipped_layers:
         lines.append("occlude: the selected units were already done")
-    return lines
+    return lines + [f"occlude: note: {note}" for note in result.notes]
 
 
 def changed(ctx: NetworkContext, config: OccludeConfig) -> bool:

@@ -14,7 +14,8 @@ Writes: ``/{network}/validation/confusion`` (true_class, predicted_class), with
 coordinates ``true_class`` and ``predicted_class`` (the mapped classes, then
 ``other`` for outputs that no class maps to); attrs ``accuracy``, ``n_images``,
 ``class_map``, ``class_names``, ``output`` (the label of the class scores, ``""``
-for a model with one output).
+for a model with one output). The output's label is one of the stage's parameters (given with ``--output``
+or found), so asking for the output it found is not a change.
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ class ValidationReport:
     class_map: dict[str, int]
     confusion: np.ndarray  # (n_classes, n_classes + 1): true folder class x predicted (mapped classes, other)
     n_images: int
+    output: str = ""  # the label of the class scores among the model's outputs ("" for a single output)
+    n_outputs: int = 0  # their number of columns
 
     @property
     def accuracy(self) -> float:
@@ -101,19 +104,23 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
                  progress: Callable[[Iterator, int], Iterator] | None = None) -> ValidationReport:
     classes = list(ctx.attrs.get("classes", []))
     class_map = resolve_class_map(classes, config.class_map, -1)
-    params: dict[str, object] = {"class_map": class_map}
-    if config.output is not None:  # stores validated before the option keep their fingerprint
-        params["output"] = config.output
-    tracker = StageProgress(ctx.store, ctx.network, "validate")
-    fp = fingerprint("validate", STAGE_VERSION, params, [ctx.attrs["init_fingerprint"]])
-    group = f"{ctx.network}/validation"
-    if _complete(tracker, fp, force):
-        attrs = ctx.store.attrs(group)
-        return ValidationReport(classes, class_map, ctx.store.read(f"{group}/confusion"), int(attrs["n_images"]))
     device = resolve_device(config.device)
     model = ctx.load_model().module.to(device)
     scores_label, n_outputs = scores_output(ctx, model, config.output)  # errors come before the stage starts
     resolve_class_map(classes, class_map, n_outputs)
+    tracker = StageProgress(ctx.store, ctx.network, "validate")
+    record = tracker.record()
+    # the output chosen, asked for or found, is a parameter; a store validated before it was recorded keeps
+    # its fingerprint while no output is asked for
+    params: dict[str, object] = {"class_map": class_map, "output": scores_label}
+    if record is not None and "output" not in record.params and config.output is None:
+        del params["output"]
+    fp = fingerprint("validate", STAGE_VERSION, params, [ctx.attrs["init_fingerprint"]])
+    group = f"{ctx.network}/validation"
+    if _complete(tracker, fp, force):
+        attrs = ctx.store.attrs(group)
+        return ValidationReport(classes, class_map, ctx.store.read(f"{group}/confusion"), int(attrs["n_images"]),
+                                scores_label, n_outputs)
     tracker.begin(params, fp, 1, force, upstream=("init",))
 
     labels = ctx.store.read(f"{ctx.network}/image_label")
@@ -140,7 +147,7 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
     write_coordinate(ctx.store, group, "predicted_class", np.arange(len(classes) + 1))
     ctx.store.create_array(f"{group}/confusion", ArraySpec(confusion.shape, "int64", ("true_class", "predicted_class"),
                                                            confusion.shape, 0), data=confusion)
-    report = ValidationReport(classes, class_map, confusion, n_images)
+    report = ValidationReport(classes, class_map, confusion, n_images, scores_label, n_outputs)
     ctx.store.update_attrs(group, {"accuracy": report.accuracy, "n_images": n_images, "class_map": class_map,
                                    "class_names": classes + ["other"], "output": scores_label})
     tracker.mark_done(0)
@@ -151,7 +158,9 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
 def format_report(report: ValidationReport) -> str:
     names = report.classes + ["other"]
     width = max(8, *(len(n) + 2 for n in names))
-    lines = [f"accuracy {report.accuracy:.4f} on {report.n_images} labelled images",
+    scores = f"output {report.output}, {report.n_outputs} columns" if report.output else f"{report.n_outputs} outputs"
+    lines = [f"accuracy {report.accuracy:.4f} on {report.n_images} labelled images (class scores: {scores}; "
+             f"class map {', '.join(f'{name}={index}' for name, index in report.class_map.items())})",
              "confusion (rows: folder class, columns: predicted class)",
              " " * width + "".join(f"{n:>{width}}" for n in names)]
     for name, row in zip(report.classes, report.confusion):
