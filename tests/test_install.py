@@ -103,7 +103,8 @@ def installed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         (site / "shared_torch.pth").write_text(f"{shared}\n")
     _run([python, "-m", "pip", "install", "--quiet", "."], cwd=source, timeout=900)
     yield python
-    shutil.rmtree(base, ignore_errors=True)  # gigabytes with torch installed: not kept for later runs
+    if request.param == "fresh":
+        shutil.rmtree(base, ignore_errors=True)  # gigabytes with torch installed: not kept for later runs
 
 
 def test_plain_install_has_no_dev_packages_and_runs(installed: Path, tmp_path: Path) -> None:
