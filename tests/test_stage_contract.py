@@ -92,10 +92,6 @@ CASES: dict[str, Case] = {
     "netdissect": Case("broden", {"batch_size": 2, "num_workers": 0, "checkpoint_seconds": 0, **CPU}, {},
                        ("categories", ("object",))),
 }
-HDF5_SCALES = ("bug in HDF5Store.create_array (store contract: TestHDF5Store."
-               "test_a_coordinate_created_again_keeps_its_arrays): dissect started afresh re-creates concept_name")
-VALIDATE_LOADS = ("validate loads the network and probes its outputs before it sees that it is complete "
-                  "(since 1d8ac91 the output found is one of its parameters); it writes nothing")
 WITH_PARAMETER = [name for name, case in CASES.items() if case.other is not None]
 
 
@@ -257,8 +253,6 @@ def test_a_stage_done_is_skipped(name: str, built: Built, tmp_path: Path) -> Non
 def test_a_stage_done_loads_no_model(name: str, built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      request: pytest.FixtureRequest) -> None:
     """Run again: nothing computed, not even the network loaded."""
-    if name == "validate":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=VALIDATE_LOADS))
     loaded: list[str] = []
     original = NetworkContext.load_model_unchecked
 
@@ -310,8 +304,6 @@ def test_force_recomputes_and_invalidates_downstream(name: str, built: Built, tm
                                                     request: pytest.FixtureRequest) -> None:
     """Forced: the stage starts afresh, the records of every stage downstream (and only those) are
     forgotten; the next run recomputes exactly those, and the store is the same again."""
-    if (built.backend, name) == ("h5", "dissect"):
-        request.applymarker(pytest.mark.xfail(strict=True, raises=(OSError, RuntimeError), reason=HDF5_SCALES))
     store = copy_store(built.complete(name), tmp_path)
     below = downstream(name)
     others = [n for n in STAGES if CASES[n].dataset == CASES[name].dataset and n != name and n not in below]

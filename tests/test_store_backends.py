@@ -18,12 +18,6 @@ class TestHDF5Store(StoreContract):
     store_class = HDF5Store
     suffix = ".h5"
 
-    @pytest.mark.xfail(strict=True, raises=RuntimeError,
-                       reason="bug in HDF5Store.create_array: re-creating a dimension scale that arrays use, with another "
-                              "array in the group, fails in H5DSattach_scale (dissect --force on an HDF5 store)")
-    def test_a_coordinate_created_again_keeps_its_arrays(self, path: Path) -> None:
-        super().test_a_coordinate_created_again_keeps_its_arrays(path)
-
 
 class TestZarrStore(StoreContract):
     store_class = ZarrStore

@@ -219,6 +219,7 @@ class HDF5Store(Store):
     def create_array(self, path: str, spec: ArraySpec, data: np.ndarray | None = None) -> None:
         parent, name = split_path(path)
         self.require_group(parent)
+        self._detach(self._node(parent), name)
         self.delete(path)
         group = self._node(parent)
         is_str = spec.dtype == "str"
@@ -250,6 +251,20 @@ class HDF5Store(Store):
             elif scale.shape != (length,):
                 raise StoreError(f"dimension {dim!r} of {path} has length {length}, but {parent}/{dim} has {scale.shape[0]}")
             dataset.dims[axis].attach_scale(scale)
+
+    def _detach(self, group: h5py.Group, dim: str) -> None:
+        """Detach the dimension scale ``group/dim`` (if it is one) from the arrays that use it, before it is
+        deleted: a deleted scale's references would make attaching its successor fail (H5DSattach_scale)."""
+        scale = group.get(dim)
+        if not isinstance(scale, h5py.Dataset) or not scale.is_scale:
+            return
+        for name, node in group.items():
+            if name == dim or not isinstance(node, h5py.Dataset):
+                continue
+            dims = node.attrs.get("rfstore_dims")
+            for axis, d in enumerate(_decode_attr(dims) if dims is not None else []):
+                if d == dim and scale in node.dims[axis].values():
+                    node.dims[axis].detach_scale(scale)
 
     def _reattach(self, group: h5py.Group, dim: str) -> None:
         """Re-attach a re-created dimension scale to the arrays that use ``dim``."""
