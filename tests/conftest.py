@@ -42,4 +42,5 @@ def scene_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(params=BACKENDS)
 def store_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A stage test's store path, once per backend (the store's own contract: store_contract.py)."""
     return tmp_path / f"store.{'zarr' if request.param == 'zarr' else 'h5'}"

@@ -1,4 +1,5 @@
-"""init, activations and topk against independent computations; idempotence; resumption."""
+"""init, activations and topk against independent computations (the rules every stage follows, skipping,
+resuming, refusing other parameters and force, are in test_stage_contract.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +10,8 @@ import torch
 
 from conftest import HAND_CNN
 from rfstore.datasets import Preprocessing, load_rgb
-from rfstore.errors import MissingInputError, StageMismatchError, UsageError
+from rfstore.errors import MissingInputError, UsageError
 from rfstore.models import ModelSpec
-from rfstore.pipeline.stages import activations as activations_stage
 from rfstore.pipeline.stages.activations import ActivationsConfig, run_activations
 from rfstore.recorded.network import NetworkContext
 from rfstore.pipeline.stages.init import InitConfig, run_init
@@ -139,19 +139,6 @@ def test_topk_by_mean_and_too_few_images(tmp_path: Path, tiny_folder: Path) -> N
     np.testing.assert_array_equal(got["topk_image"][:, 0], best)
 
 
-def test_backends_give_identical_arrays(tmp_path: Path, tiny_folder: Path) -> None:
-    for suffix in ("zarr", "h5"):
-        init_hand(tmp_path / f"s.{suffix}", tiny_folder)
-        run_acts(tmp_path / f"s.{suffix}")
-        with open_store(tmp_path / f"s.{suffix}", "a") as store:
-            run_topk(NetworkContext.open(store), TopKConfig(k=3))
-    names = ("act_max", "act_mean", "act_y", "act_x", "topk_image", "topk_value", "topk_y", "topk_x")
-    for layer in HAND_LAYERS.split(","):
-        a, b = read_all(tmp_path / "s.zarr", layer, names), read_all(tmp_path / "s.h5", layer, names)
-        for name in names:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{layer}/{name}")
-
-
 def test_xarray_round_trip(tmp_path: Path, tiny_folder: Path) -> None:
     xr = pytest.importorskip("xarray")
     import warnings
@@ -177,84 +164,11 @@ def test_xarray_round_trip(tmp_path: Path, tiny_folder: Path) -> None:
         assert net["image_label"].values.tolist() == [0] * 5 + [1] * 5
 
 
-def test_second_run_computes_nothing(store_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    init_hand(store_path, tiny_folder)
-    assert run_acts(store_path) is Plan.FRESH
-    calls = []
-    original = activations_stage.FeatureExtractor.forward
-
-    def spy(self, x):
-        calls.append(x.shape[0])
-        return original(self, x)
-
-    monkeypatch.setattr(activations_stage.FeatureExtractor, "forward", spy)
-    assert run_acts(store_path) is Plan.SKIP
-    init_hand(store_path, tiny_folder)  # same settings: nothing to do either
-    assert run_acts(store_path) is Plan.SKIP
-    assert calls == []
-
-
-def test_changed_parameters_are_named_and_force_invalidates_downstream(tmp_path: Path, tiny_folder: Path) -> None:
-    path = tmp_path / "s.zarr"
-    init_hand(path, tiny_folder)
-    run_acts(path)
-    with open_store(path, "a") as store:
-        ctx = NetworkContext.open(store)
-        run_topk(ctx, TopKConfig(k=3))
-        with pytest.raises(StageMismatchError, match="k: stored 3, asked 4"):
-            run_topk(ctx, TopKConfig(k=4))
-        assert run_topk(ctx, TopKConfig(k=3))["1"] is Plan.SKIP
-        run_activations(ctx, ActivationsConfig(num_workers=0), force=True)
-        # topk was computed from the old activations: it must be redone, not skipped
-        assert run_topk(ctx, TopKConfig(k=3))["1"] is Plan.FRESH
-    with pytest.raises(StageMismatchError, match="layers"):
-        with open_store(path, "a") as store:
-            run_init(store, InitConfig(model=ModelSpec(HAND_CNN, None, 0), data=tiny_folder, name="hand",
-                                       preprocessing=Preprocessing.tensor(), layers="0"))
-
-
 def test_topk_before_activations_says_what_to_run(tmp_path: Path, tiny_folder: Path) -> None:
     path = tmp_path / "s.zarr"
     init_hand(path, tiny_folder)
     with open_store(path, "a") as store, pytest.raises(MissingInputError, match="rfstore activations"):
         run_topk(NetworkContext.open(store), TopKConfig())
-
-
-def test_interrupted_run_resumes_to_identical_arrays(store_path: Path, tiny_folder: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from rfstore.store import layout
-
-    monkeypatch.setattr(layout, "IMAGE_BLOCK", 3)  # 10 images: blocks of 3, 3, 3, 1
-    reference = store_path.with_name("reference" + store_path.suffix)
-    init_hand(reference, tiny_folder)
-    run_acts(reference)
-
-    init_hand(store_path, tiny_folder)
-    original = activations_stage._write_block
-    written = []
-
-    def crash_on_third(ctx, tracker, block_id, buffer):
-        if len(written) == 2:
-            raise KeyboardInterrupt  # as if killed while block 2 was in flight
-        written.append(block_id)
-        original(ctx, tracker, block_id, buffer)
-
-    monkeypatch.setattr(activations_stage, "_write_block", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        run_acts(store_path)
-    monkeypatch.setattr(activations_stage, "_write_block", original)
-    with open_store(store_path, "r") as store:
-        assert store.read("hand/_rfstore/activations/done").tolist() == [1, 1, 0, 0]
-    recomputed = []
-    monkeypatch.setattr(activations_stage, "_write_block",
-                        lambda ctx, tr, b, buf: (recomputed.append(b), original(ctx, tr, b, buf)))
-    assert run_acts(store_path) is Plan.RESUME
-    assert recomputed == [2, 3]
-    names = ("act_max", "act_mean", "act_y", "act_x")
-    for layer in HAND_LAYERS.split(","):
-        a, b = read_all(reference, layer, names), read_all(store_path, layer, names)
-        for name in names:
-            np.testing.assert_array_equal(a[name], b[name])
 
 
 def _init_and_run(store_path: Path, folder: Path, model: str, layers: str, config: ActivationsConfig) -> None:

@@ -20,6 +20,7 @@ import pytest
 from rfstore.store import ArraySpec, Store, StoreWriteError, open_store
 from rfstore.store import journal as journal_module
 from rfstore.store.journal import JournaledFile, is_hot, journal_path, rollback
+from support.faults import Faults
 
 NAN = float("nan")
 
@@ -152,7 +153,7 @@ def test_writer_rolls_back_and_resumes_after_a_kill(tmp_path: Path) -> None:
     assert not journal_path(path).exists()
 
 
-def test_failed_write_rolls_back_to_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_rolls_back_to_the_last_checkpoint(tmp_path: Path) -> None:
     """A full disk in the middle of a write: clear error, the file keeps its last checkpoint."""
     path = tmp_path / "s.h5"
     spec = ArraySpec((64, 64), "float32", ("image", "unit"), (8, 64), NAN)
@@ -161,16 +162,12 @@ def test_failed_write_rolls_back_to_the_last_checkpoint(tmp_path: Path, monkeypa
         store.create_array("a", spec)
         store.write("a", slice(0, 8), values[:8])
     size = path.stat().st_size
-    monkeypatch.setenv("RFSTORE_TEST_ENOSPC_AFTER_BYTES", str(3000))
-    from rfstore.store import faults
-
-    monkeypatch.setattr(faults, "_written", [0])
-    with pytest.raises(StoreWriteError, match="no space left on device while writing .*s.h5; finished work is kept"):
+    with Faults(enospc_after=3000), pytest.raises(
+            StoreWriteError, match="no space left on device while writing .*s.h5; finished work is kept"):
         with open_store(path, "a") as store:
             for block in range(1, 8):
                 store.write("a", slice(8 * block, 8 * block + 8), values[8 * block:8 * block + 8])
                 store.flush()
-    monkeypatch.delenv("RFSTORE_TEST_ENOSPC_AFTER_BYTES")
     assert not journal_path(path).exists()
     with open_store(path, "r") as store:
         stored = store.read("a")

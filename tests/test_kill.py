@@ -2,15 +2,17 @@
 
 Each backend gets a chain of ``rfstore run`` processes on the same store; each is
 killed (SIGKILL) in the next stage (activations, topk, occlude, rf, segment) as
-soon as the store's trace (:mod:`rfstore.store.faults`) shows that stage writing;
-a last run finishes. The whole store (every array, bit for bit, and every
-attribute except timestamps and run tokens) must equal an uninterrupted run's.
+soon as the store's trace (:mod:`support.faults`, installed in the child process)
+shows that stage writing; a last run finishes. The whole store (every array, bit
+for bit, and every attribute except timestamps and run tokens) must equal an
+uninterrupted run's.
 
 The runs of the fast test are processes of their own running rfstore's console
 entry point (:func:`rfstore.cli.main`), forked from a server process that has
 imported rfstore, torch and torchvision once: the ``rfstore`` script would spend
 5 to 15 s importing them for each of the 14 runs. The slow randomized test
-(random stage, random moment, no pauses) runs the ``rfstore`` script itself.
+(random stage, random moment, no pauses) runs ``tests/support/launch.py`` (the
+``rfstore`` command with the test hooks) as a process of its own each time.
 """
 from __future__ import annotations
 
@@ -27,14 +29,12 @@ from typing import Any
 import pytest
 
 from conftest import TESTS, write_tiny_folder
-from test_cli import RFSTORE
+from support import faults
+from support.stores import assert_same_store, store_contents
 
 SLOW_NET = f"{TESTS / 'tiny_nets.py'}:slow_hand_cnn"
 NETWORK = "slow_hand_cnn"
 LAYERS = ("net.1", "net.4")
-#: attributes that legitimately differ between two runs: timestamps and per-run tokens
-#: (a stage's fingerprint includes its upstream's generation token)
-VOLATILE_ATTRS = {"created", "generation", "fingerprint"}
 RUN_OPTIONS = ["--batch-size", "2", "--workers", "0", "--k", "3", "--size", "3", "--stride", "2",
                "--fill", "zero", "--device", "cpu"]
 KILL_POINTS = [  # (stage, trace line that shows it writing, kill at its n-th occurrence)
@@ -46,53 +46,34 @@ KILL_POINTS = [  # (stage, trace line that shows it writing, kill at its n-th oc
 ]
 
 
-def store_contents(path: Path) -> dict[str, Any]:
-    """Every array (dtype, shape, bytes) and attribute of a store, without the volatile attributes."""
-    from rfstore.store import open_store
-
-    found: dict[str, Any] = {}
-    with open_store(path, "r") as store:
-        def walk(group: str) -> None:
-            found[f"{group}/@attrs"] = {k: v for k, v in store.attrs(group).items() if k not in VOLATILE_ATTRS}
-            groups, arrays = store.children(group)
-            for name in arrays:
-                full = f"{group}/{name}".strip("/")
-                values = store.read(full)
-                data = values.tolist() if values.dtype == object else values.tobytes()
-                found[full] = (values.dtype.str, values.shape, data)
-                found[f"{full}/@attrs"] = store.attrs(full)
-            for name in groups:
-                walk(f"{group}/{name}".strip("/"))
-
-        walk("")
-    return found
-
-
-def assert_same_store(reference: Path, other: Path) -> None:
-    expected, actual = store_contents(reference), store_contents(other)
-    assert sorted(actual) == sorted(expected), set(actual) ^ set(expected)
-    differ = [key for key in expected if actual[key] != expected[key]]
-    assert not differ, f"{other} differs from {reference} in {differ}"
+#: the ``rfstore`` command with the test hooks that the environment asks for installed
+LAUNCH = [sys.executable, str(TESTS / "support" / "launch.py")]
 
 
 def run_env(tmp: Path, trace: Path | None = None, delay: float = 0.0) -> dict[str, str]:
+    """The environment of an rfstore child process: traced (:mod:`support.faults`) when ``trace`` is given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RFSTORE_TEST_", "RFSTORE_DEBUG"))}
     env |= {"RFSTORE_IMAGE_BLOCK": "4", "OMP_NUM_THREADS": "1"}
-    if trace is not None:
-        env |= {"RFSTORE_TEST_TRACE_FILE": str(trace), "RFSTORE_TEST_TRACE_DELAY": str(delay)}
-    return env
+    return env | faults.env(trace, delay)
+
+
+def run_args(store: Path, folder: Path) -> list[str]:
+    """The arguments of one ``rfstore run`` of the chain (without the program)."""
+    return ["run", str(store), "--model", SLOW_NET, "--data", str(folder), "--preprocess", "tensor",
+            "--layers", ",".join(LAYERS), *RUN_OPTIONS]
 
 
 def run_command(store: Path, folder: Path) -> list[str]:
-    return [RFSTORE, "run", str(store), "--model", SLOW_NET, "--data", str(folder), "--preprocess", "tensor",
-            "--layers", ",".join(LAYERS), *RUN_OPTIONS]
+    return [*LAUNCH, *run_args(store, folder)]
 
 
 SERVER = """
 import json, os, sys
+sys.path.insert(0, sys.argv[1])  # tests/, for support.faults
 import torch, torchvision  # noqa: F401 - imported once, before any fork
 import rfstore.cli
 from rfstore.pipeline.stages import activations, init, occlude, rf, segment, topk  # noqa: F401
+from support import faults
 print("ready", flush=True)
 for line in sys.stdin:
     request = json.loads(line)
@@ -102,6 +83,7 @@ for line in sys.stdin:
         try:
             os.environ.clear()
             os.environ.update(request["env"])
+            faults.install_from_env()  # the test hooks live in the child, never in rfstore itself
             os.dup2(os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
             sys.argv = ["rfstore", *request["argv"]]
@@ -118,10 +100,11 @@ for line in sys.stdin:
 
 
 class ForkServer:
-    """Starts rfstore processes (forks of one process that imported everything) one at a time."""
+    """Starts rfstore processes (forks of one process that imported everything) one at a time; each child
+    installs the test hooks its environment asks for (:func:`support.faults.install_from_env`)."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], env=env, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, str(TESTS)], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -160,7 +143,7 @@ def kill_when(start: Any, trace: Path, marker: str | None, nth: int = 1, timeout
 
 def forked_run(server: ForkServer, store: Path, folder: Path, env: dict[str, str], stderr: Path) -> int:
     """One ``rfstore run`` to its end; its exit code."""
-    server.start(run_command(store, folder)[1:], env, stderr)
+    server.start(run_args(store, folder), env, stderr)
     return server.wait()
 
 
@@ -170,7 +153,7 @@ def kill_chain(server: ForkServer, tmp: Path, folder: Path, suffix: str) -> dict
     env = run_env(tmp, trace, delay=0.01)
     for stage, marker, nth in KILL_POINTS:
         stderr = tmp / f"{suffix}-{stage}.err"
-        kill_when(lambda: server.start(run_command(store, folder)[1:], env, stderr), trace, marker, nth)
+        kill_when(lambda: server.start(run_args(store, folder), env, stderr), trace, marker, nth)
         status = server.wait()
         log[stage] = stderr.read_text()
         assert status == -signal.SIGKILL, f"{suffix}: the run meant to be killed in {stage} ended by itself: {log[stage]}"
@@ -213,7 +196,7 @@ def reference_store(tmp: Path, folder: Path, suffix: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["zarr", "h5"])
 def test_kill_9_at_random_moments_many_times(tmp_path: Path, suffix: str) -> None:
-    """The rfstore script, killed 1 to 3 times per round at random moments (any stage, no pauses)."""
+    """The rfstore command, killed 1 to 3 times per round at random moments (any stage, no pauses)."""
     rng = random.Random(f"kill-{suffix}")
     folder = write_tiny_folder(tmp_path / "images", n_per_class=12)
     reference = reference_store(tmp_path, folder, suffix)

@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 
 from conftest import HAND_CNN, write_tiny_folder
 from test_cli import RFSTORE
-from test_kill import assert_same_store
 
 from rfstore.cli import app
-from rfstore.store import faults, layout, open_store
+from rfstore.store import layout, open_store
+from support.faults import Faults
+from support.stores import assert_same_store
 
 REPO = Path(__file__).resolve().parents[1]
 INIT = ["--model", HAND_CNN, "--preprocess", "tensor", "--layers", "1,4", "--name", "hand"]
@@ -104,29 +105,26 @@ def test_second_writer_is_refused_or_waits_and_readers_are_never_blocked(tmp_pat
 @pytest.mark.parametrize("suffix", ["zarr", "h5"])
 def test_full_disk_stops_with_one_sentence_and_the_rerun_resumes(tmp_path: Path, suffix: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """ENOSPC injected at the store's write layer (RFSTORE_TEST_ENOSPC_AFTER_BYTES) half-way through activations."""
+    """ENOSPC injected at the store's write layer (:mod:`support.faults`) half-way through activations."""
     monkeypatch.setattr(layout, "IMAGE_BLOCK", 2)
     folder = write_tiny_folder(tmp_path / "images", n_per_class=6)
     reference = initialised(tmp_path, suffix, folder, name="reference")
     store = initialised(tmp_path, suffix, folder, name="full")
-    monkeypatch.setenv(faults.ENOSPC_AFTER, str(10**15))  # no limit: count what activations writes
-    monkeypatch.setattr(faults, "_written", [0])
-    assert cli("activations", str(reference), "--workers", "0")[0] == 0
-    needed = faults._written[0]
+    with Faults(enospc_after=10**15) as counting:  # no limit: count what activations writes
+        assert cli("activations", str(reference), "--workers", "0")[0] == 0
+    needed = counting.written
     options = ["--workers", "0", "--k", "2", "--size", "3", "--fill", "zero", "--device", "cpu"]
     assert cli("run", str(reference), *options)[0] == 0
 
-    monkeypatch.setenv(faults.ENOSPC_AFTER, str(needed // 2))
-    monkeypatch.setattr(faults, "_written", [0])
-    code, err = cli("run", str(store), *options)
+    with Faults(enospc_after=needed // 2):
+        code, err = cli("run", str(store), *options)
     assert code == 1
     assert err.strip().splitlines()[-1] == (f"error: no space left on device while writing {store}; finished work "
                                             f"is kept: free some space and rerun the same command to resume"), err
     with open_store(store, "r") as st:  # what was finished is readable
         done = st.read("hand/_rfstore/activations/done")
     assert 0 < done.sum() < len(done)
-    monkeypatch.delenv(faults.ENOSPC_AFTER)  # space freed
-    code, err = cli("run", str(store), *options)
+    code, err = cli("run", str(store), *options)  # space freed: the hooks are gone
     assert code == 0, err
     assert 0 < int(err.split("activations: ")[1].split()[0]) < 12  # resumed, not started over
     assert_same_store(reference, store)

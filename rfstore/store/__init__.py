@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rfstore.store import faults
 from rfstore.store.journal import is_hot
 from rfstore.store.base import ArraySpec, Store, StoreError, StoreWriteError
 from rfstore.store.lock import StoreLock, StoreLockedError, default_wait
@@ -81,7 +80,6 @@ def open_store(path: str | Path, mode: str = "r", wait: bool | None = None) -> S
             lock.release()
         raise
     store.lock = lock
-    faults.install(store)  # test-only hooks, inert unless RFSTORE_TEST_* variables are set
     return store
 
 

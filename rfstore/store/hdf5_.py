@@ -59,7 +59,6 @@ from typing import Any, TypeVar
 import h5py
 import numpy as np
 
-from rfstore.store import faults
 from rfstore.store.base import (ArraySpec, Selection, Store, StoreError, StoreWriteError, split_path,
                                 to_json_safe)
 from rfstore.store.journal import JournaledFile, is_hot, rollback
@@ -156,8 +155,7 @@ class HDF5Store(Store):
             # the caller holds the writer lock: a journal left here belongs to a killed writer
             self.recovered = rollback(self.path)
             existed = self.path.exists() and self.path.stat().st_size > 0
-            self._raw = JournaledFile(self.path, durable=os.environ.get("RFSTORE_FSYNC", "1") != "0",
-                                      before_write=faults.raw_write_hook())
+            self._raw = JournaledFile(self.path, durable=os.environ.get("RFSTORE_FSYNC", "1") != "0")
             try:
                 return h5py.File(self._raw, "r+" if existed else "w")
             except BaseException:

@@ -33,7 +33,6 @@ import errno
 import os
 import struct
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 PAGE = 4096
@@ -141,9 +140,6 @@ class JournaledFile:
     durable : bool
         fsync the journal before each overwrite and the file at each commit, so that
         a power loss, not only a killed process, leaves a recoverable file.
-    before_write : callable, optional
-        Called with the size of every write (journal or file) before it happens; a
-        test hook that may raise ``OSError`` (see :mod:`rfstore.store.faults`).
 
     Notes
     -----
@@ -153,12 +149,10 @@ class JournaledFile:
     restores the last commit.
     """
 
-    def __init__(self, path: Path, durable: bool = True,
-                 before_write: Callable[[int], None] | None = None) -> None:
+    def __init__(self, path: Path, durable: bool = True) -> None:
         self.path = Path(path)
         self.journal = journal_path(self.path)
         self.durable = durable
-        self.before_write = before_write
         self.error: OSError | None = None
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         self._jfd: int | None = None
@@ -212,7 +206,6 @@ class JournaledFile:
         if self.error is None:
             try:
                 self._save(self._pos, self._pos + size)
-                self._check(size)
                 done = 0
                 while done < size:
                     done += os.pwrite(self._fd, view[done:], self._pos + done)
@@ -237,16 +230,11 @@ class JournaledFile:
         """Nothing to do: writes go straight to the kernel; :meth:`commit` makes them durable."""
 
     # -- transactions ---------------------------------------------------------------
-    def _check(self, size: int) -> None:
-        if self.before_write is not None:
-            self.before_write(size)
-
     def _journal_append(self, data: bytes) -> None:
         if self._jfd is None:
             self._jfd = os.open(self.journal, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
             if self.durable:
                 _fsync_directory(self.journal.parent)
-        self._check(len(data))
         written = 0
         while written < len(data):
             written += os.pwrite(self._jfd, data[written:], self._jlen + written)

@@ -100,15 +100,34 @@ def _complete(tracker: StageProgress, fp: str, force: bool) -> bool:
     return not force and record is not None and record.fingerprint == fp and record.state == "complete"
 
 
+def _stored_report(ctx: NetworkContext, tracker: StageProgress, classes: list[str], class_map: dict[str, int],
+                   output: str | None, force: bool) -> ValidationReport | None:
+    """The stored report when validate is complete with this class map and the output asked for (or any, when
+    none is asked) is the one it recorded by its label; None otherwise (the model then decides)."""
+    record = tracker.record()
+    if force or record is None or record.state != "complete" or record.params.get("class_map") != class_map:
+        return None
+    if "output" in record.params and output not in (None, record.params["output"]):
+        return None
+    group = f"{ctx.network}/validation"
+    attrs = ctx.store.attrs(group)
+    confusion = ctx.store.read(f"{group}/confusion")
+    return ValidationReport(classes, class_map, confusion, int(attrs["n_images"]), str(attrs.get("output", "")),
+                            int(attrs.get("n_outputs", 0)))
+
+
 def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = False,
                  progress: Callable[[Iterator, int], Iterator] | None = None) -> ValidationReport:
     classes = list(ctx.attrs.get("classes", []))
     class_map = resolve_class_map(classes, config.class_map, -1)
+    tracker = StageProgress(ctx.store, ctx.network, "validate")
+    stored = _stored_report(ctx, tracker, classes, class_map, config.output, force)
+    if stored is not None:  # done with these parameters: no model to load
+        return stored
     device = resolve_device(config.device)
     model = ctx.load_model().module.to(device)
     scores_label, n_outputs = scores_output(ctx, model, config.output)  # errors come before the stage starts
     resolve_class_map(classes, class_map, n_outputs)
-    tracker = StageProgress(ctx.store, ctx.network, "validate")
     record = tracker.record()
     # the output chosen, asked for or found, is a parameter; a store validated before it was recorded keeps
     # its fingerprint while no output is asked for
@@ -149,7 +168,8 @@ def run_validate(ctx: NetworkContext, config: ValidateConfig, force: bool = Fals
                                                            confusion.shape, 0), data=confusion)
     report = ValidationReport(classes, class_map, confusion, n_images, scores_label, n_outputs)
     ctx.store.update_attrs(group, {"accuracy": report.accuracy, "n_images": n_images, "class_map": class_map,
-                                   "class_names": classes + ["other"], "output": scores_label})
+                                   "class_names": classes + ["other"], "output": scores_label,
+                                   "n_outputs": n_outputs})
     tracker.mark_done(0)
     tracker.complete()
     return report
