@@ -142,6 +142,18 @@ def test_readme_links_and_layout() -> None:
     assert len(readme.splitlines()) < 200, "the README stays short: details go to docs/"
 
 
+def test_tests_named_in_the_docs_exist() -> None:
+    """``tests/FILE.py::name`` and `` `test_name` `` in the docs name a test that is there (the guide cites them)."""
+    sources = {p.name: p.read_text() for p in (ROOT / "tests").glob("*.py")}
+    for path in DOCS:
+        text = path.read_text()
+        for file, name in re.findall(r"tests/(\w+\.py)(?:::(\w+))?", text):
+            assert file in sources, f"{path.name}: no tests/{file}"
+            assert not name or re.search(rf"def {name}\b", sources[file]), f"{path.name}: no {name} in tests/{file}"
+        for name in re.findall(r"`(test_\w+)`", text):
+            assert any(re.search(rf"def {name}\b", source) for source in sources.values()), f"{path.name}: no {name}"
+
+
 # -- running the examples ---------------------------------------------------------------------------------------------
 def shell_commands(code: str) -> list[list[str]]:
     """The commands of a shell block: continuation lines joined, comments dropped, one list of words each."""
