@@ -127,12 +127,23 @@ def test_cli_reference_covers_every_command_and_option() -> None:
                 assert f"`{param.opts[0]}`" in section, (name, param.opts[0])
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings (lower case, punctuation dropped, spaces to hyphens)."""
+    text = re.sub(r"^(`{3,}).*?^\1", "", path.read_text(), flags=re.M | re.S)  # no headings inside code blocks
+    return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+            for title in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+
+
 def test_readme_links_and_layout() -> None:
-    """Relative links lead to files that exist; the layout section names every package of the tree."""
+    """Relative links lead to files and headings that exist; the layout section names every package of the tree."""
     for path in DOCS:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
-            if not re.match(r"\w+://", target):
-                assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", path.read_text()):
+            if re.match(r"\w+://", target):
+                continue
+            linked = (path.parent / target) if target else path
+            assert linked.exists(), f"{path.name}: broken link {target}"
+            if anchor and linked.suffix == ".md":
+                assert anchor in _anchors(linked), f"{path.name}: no heading #{anchor} in {linked.name}"
     readme = (ROOT / "README.md").read_text()
     layout = readme.split("## Layout")[1]
     packages = sorted(str(p.parent.relative_to(ROOT / "rfstore")) for p in (ROOT / "rfstore").rglob("__init__.py")
@@ -140,6 +151,18 @@ def test_readme_links_and_layout() -> None:
     for package in packages:
         assert re.search(rf"^\s+{re.escape(package)}/\s", layout, re.M), f"layout lacks rfstore/{package}/"
     assert len(readme.splitlines()) < 200, "the README stays short: details go to docs/"
+
+
+def test_tests_named_in_the_docs_exist() -> None:
+    """``tests/FILE.py::name`` and `` `test_name` `` in the docs name a test that is there (the guide cites them)."""
+    sources = {p.name: p.read_text() for p in (ROOT / "tests").glob("*.py")}
+    for path in DOCS:
+        text = path.read_text()
+        for file, name in re.findall(r"tests/(\w+\.py)(?:::(\w+))?", text):
+            assert file in sources, f"{path.name}: no tests/{file}"
+            assert not name or re.search(rf"def {name}\b", sources[file]), f"{path.name}: no {name} in tests/{file}"
+        for name in re.findall(r"`(test_\w+)`", text):
+            assert any(re.search(rf"def {name}\b", source) for source in sources.values()), f"{path.name}: no {name}"
 
 
 # -- running the examples ---------------------------------------------------------------------------------------------
