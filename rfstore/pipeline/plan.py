@@ -355,6 +355,11 @@ def duration(seconds: float) -> str:
     return f"{seconds / DAY:.1f} days"
 
 
+def _rate(unit: float, seconds: float) -> str:
+    """``unit / seconds`` to 3 significant digits, ``"-"`` when the time was too short to measure."""
+    return f"{unit / seconds:.3g}" if seconds > 1e-12 else "-"
+
+
 def format_plan(plan: RunPlan) -> str:
     """The plan as a table, with the total and a warning when it is over a day."""
     head = (f"{'stage':<12}{'layer':<14}{'units':>8}{'images':>9}{'top images':>12}{'occluded inputs':>17}"
@@ -373,7 +378,7 @@ def format_plan(plan: RunPlan) -> str:
     lines.append(f"calibration: {m.forward_image * 1e3:.1f} ms per image forward, "
                  f"{1e-9 / m.forward_mac / FORWARD_COST:.3g} G multiply-adds/s in the network's modules, "
                  f"{1e-9 / max(m.incremental, 1e-30):.3g} G cost units/s incremental, "
-                 f"{1e-6 / max(m.write, 1e-30):.0f} MB/s and {m.chunk * 1e3:.1f} ms per chunk store writes")
+                 f"{_rate(1e-6, m.write)} MB/s and {m.chunk * 1e3:.1f} ms per chunk store writes")
     lines += [f"note: {note}" for note in plan.notes]
     if total > DAY:
         lines.append(f"warning: this would take about {duration(total)}; select fewer layers (--layers) or units "
