@@ -10,6 +10,7 @@ every test below then runs on it (``tests/test_store_backends.py``: ``TestHDF5St
   value (elements never written read as the fill), strings included;
 * ``delete`` removes an array or a group with everything under it (a missing path is no
   error), and an array can be created again where one was deleted;
+* a coordinate created again where arrays use it keeps them, with their dimensions and values;
 * every group opens in xarray with the arrays' dimension names;
 * one writer at a time: a second writer gets :class:`StoreLockedError` naming the holder,
   readers are never blocked, a killed holder's lock is taken over, a closed one released;
